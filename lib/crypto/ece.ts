@@ -1,0 +1,372 @@
+/**
+ * Web Push message encryption (RFC 8291) in the `aes128gcm` content coding (RFC 8188), on Web
+ * Crypto only so it runs on Deno Deploy. One record of at most 4096 bytes, as RFC 8291 §4
+ * requires of push messages.
+ *
+ * Cost (platform.md §8): the ECDH `deriveBits` and the first export of a fresh public key
+ * dominate. {@link createEphemeralKeyPool} moves key generation and export off the delivery
+ * path; each key pair is still used for exactly one message (RFC 8291 §3.1).
+ *
+ * @module
+ */
+
+import {
+  concat,
+  decodeBase64Url,
+  encodeBase64Url,
+  isBase64Url,
+  randomBytes,
+  utf8,
+} from "../encoding.ts";
+
+/** RFC 8188 §2 record size the relay writes: one record, the most a push message may hold. */
+export const RECORD_SIZE = 4096;
+
+/**
+ * The largest plaintext that fits: 4096 - 86 (header with a 65-byte key id) - 16 (AES-GCM tag)
+ * - 1 (padding delimiter) = 3993 bytes (RFC 8291 §4).
+ */
+export const MAX_PLAINTEXT_BYTES = 3993;
+
+const HEADER_BYTES = 16 + 4 + 1 + 65;
+const ECDH_P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
+
+// RFC 8291 §3.4 and RFC 8188 §2.2/§2.3 info strings, each with its trailing zero octet.
+const KEY_INFO_PREFIX = utf8("WebPush: info\0");
+const CEK_INFO = utf8("Content-Encoding: aes128gcm\0");
+const NONCE_INFO = utf8("Content-Encoding: nonce\0");
+
+/** A sender (application server) ECDH key pair with its public key already exported. */
+export interface EphemeralKeyPair {
+  privateKey: CryptoKey;
+  /** The 65-byte uncompressed public point (`as_public`, RFC 8291 §3.1). */
+  publicKey: Uint8Array;
+}
+
+export interface EncryptWebPushInput {
+  /** The message; strings are UTF-8 encoded. At most {@link MAX_PLAINTEXT_BYTES} bytes. */
+  plaintext: Uint8Array | string;
+  /** The subscription's `p256dh`: a 65-byte uncompressed P-256 point (`ua_public`). */
+  uaPublic: Uint8Array;
+  /** The subscription's 16-byte `auth` secret. */
+  authSecret: Uint8Array;
+}
+
+export interface EncryptWebPushOptions {
+  /**
+   * The sender key pair to use. Only for reproducing test vectors: reusing a key pair across
+   * messages breaks RFC 8291 §3.1's "a new key pair for every message".
+   */
+  asKeyPair?: EphemeralKeyPair;
+  /** A 16-byte salt; random by default (RFC 8291 §3.4: MUST be fresh per message). */
+  salt?: Uint8Array;
+  /** Where to take a fresh key pair from; one is generated inline when absent. */
+  keyPool?: EphemeralKeyPool;
+}
+
+/**
+ * Encrypts one Web Push message and returns the whole `aes128gcm` body:
+ * `salt(16) || rs(4) || idlen(1) = 65 || as_public(65) || ciphertext`.
+ *
+ * @throws {RangeError} when the plaintext is longer than {@link MAX_PLAINTEXT_BYTES}
+ * @throws {TypeError} when a key, the auth secret or the salt has the wrong shape
+ */
+export async function encryptWebPush(
+  input: EncryptWebPushInput,
+  options: EncryptWebPushOptions = {},
+): Promise<Uint8Array> {
+  const plaintext = typeof input.plaintext === "string" ? utf8(input.plaintext) : input.plaintext;
+  if (plaintext.length > MAX_PLAINTEXT_BYTES) {
+    throw new RangeError(
+      `Cannot encrypt Web Push message: plaintext is ${plaintext.length} bytes, at most ${MAX_PLAINTEXT_BYTES} fit in one ${RECORD_SIZE}-byte record`,
+    );
+  }
+  const { uaPublic, authSecret } = input;
+  if (uaPublic.length !== 65 || uaPublic[0] !== 0x04) {
+    throw new TypeError(
+      `Cannot encrypt Web Push message: p256dh must be a 65-byte uncompressed point, got ${uaPublic.length} bytes`,
+    );
+  }
+  if (authSecret.length !== 16) {
+    throw new TypeError(
+      `Cannot encrypt Web Push message: auth secret must be 16 bytes, got ${authSecret.length}`,
+    );
+  }
+  const salt = options.salt ?? randomBytes(16);
+  if (salt.length !== 16) {
+    throw new TypeError(
+      `Cannot encrypt Web Push message: salt must be 16 bytes, got ${salt.length}`,
+    );
+  }
+
+  if (!isP256Point(uaPublic)) {
+    throw new TypeError("Cannot encrypt Web Push message: p256dh is not a point on P-256");
+  }
+  let uaKey: CryptoKey;
+  try {
+    uaKey = await crypto.subtle.importKey("raw", uaPublic as BufferSource, ECDH_P256, false, []);
+  } catch {
+    throw new TypeError("Cannot encrypt Web Push message: p256dh is not a point on P-256");
+  }
+  const asKeyPair = options.asKeyPair ??
+    (options.keyPool ? await options.keyPool.take() : await generateEphemeralKeyPair());
+
+  // RFC 8291 §3.3: the ECDH shared secret; §3.4: HKDF(auth_secret, ecdh_secret,
+  // "WebPush: info" || 0x00 || ua_public || as_public, 32) gives the IKM for RFC 8188.
+  const ecdhSecret = await crypto.subtle.deriveBits(
+    { name: "ECDH", public: uaKey },
+    asKeyPair.privateKey,
+    256,
+  );
+  const ikm = await hkdf(
+    authSecret,
+    new Uint8Array(ecdhSecret),
+    concat(KEY_INFO_PREFIX, uaPublic, asKeyPair.publicKey),
+    32,
+  );
+  // RFC 8188 §2.2 and §2.3: CEK and nonce from the same PRK; the nonce of record 0 is the
+  // derived nonce itself (sequence number 0 XORed in).
+  const ikmKey = await crypto.subtle.importKey("raw", ikm as BufferSource, "HKDF", false, [
+    "deriveBits",
+  ]);
+  const [cek, nonce] = await Promise.all([
+    deriveHkdf(ikmKey, salt, CEK_INFO, 16),
+    deriveHkdf(ikmKey, salt, NONCE_INFO, 12),
+  ]);
+  const aesKey = await crypto.subtle.importKey("raw", cek as BufferSource, "AES-GCM", false, [
+    "encrypt",
+  ]);
+
+  // RFC 8188 §2: the last (here the only) record ends with the delimiter 0x02 and no padding.
+  const record = new Uint8Array(plaintext.length + 1);
+  record.set(plaintext);
+  record[plaintext.length] = 0x02;
+  const ciphertext = new Uint8Array(
+    await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv: nonce as BufferSource, tagLength: 128 },
+      aesKey,
+      record as BufferSource,
+    ),
+  );
+
+  const body = new Uint8Array(HEADER_BYTES + ciphertext.length);
+  body.set(salt, 0);
+  new DataView(body.buffer).setUint32(16, RECORD_SIZE);
+  body[20] = 65;
+  body.set(asKeyPair.publicKey, 21);
+  body.set(ciphertext, HEADER_BYTES);
+  return body;
+}
+
+async function hkdf(
+  salt: Uint8Array,
+  ikm: Uint8Array,
+  info: Uint8Array,
+  length: number,
+): Promise<Uint8Array> {
+  const key = await crypto.subtle.importKey("raw", ikm as BufferSource, "HKDF", false, [
+    "deriveBits",
+  ]);
+  return deriveHkdf(key, salt, info, length);
+}
+
+async function deriveHkdf(
+  key: CryptoKey,
+  salt: Uint8Array,
+  info: Uint8Array,
+  length: number,
+): Promise<Uint8Array> {
+  const bits = await crypto.subtle.deriveBits(
+    { name: "HKDF", hash: "SHA-256", salt: salt as BufferSource, info: info as BufferSource },
+    key,
+    length * 8,
+  );
+  return new Uint8Array(bits);
+}
+
+/** Generates a fresh sender key pair and exports its public point. */
+export async function generateEphemeralKeyPair(): Promise<EphemeralKeyPair> {
+  const pair = await crypto.subtle.generateKey(ECDH_P256, false, ["deriveBits"]) as CryptoKeyPair;
+  const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  return { privateKey: pair.privateKey, publicKey };
+}
+
+/**
+ * Imports a known sender key pair (65-byte public point and 32-byte private scalar `d`), for
+ * test vectors such as RFC 8291 Appendix A.
+ *
+ * @throws {TypeError} when the keys have the wrong length or Web Crypto refuses them
+ */
+export async function importEphemeralKeyPair(
+  publicKey: Uint8Array,
+  privateKey: Uint8Array,
+): Promise<EphemeralKeyPair> {
+  if (publicKey.length !== 65 || publicKey[0] !== 0x04) {
+    throw new TypeError(
+      `Cannot import ECDH key pair: public key must be a 65-byte uncompressed point, got ${publicKey.length} bytes`,
+    );
+  }
+  if (privateKey.length !== 32) {
+    throw new TypeError(
+      `Cannot import ECDH key pair: private key must be 32 bytes, got ${privateKey.length}`,
+    );
+  }
+  const jwk: JsonWebKey = {
+    kty: "EC",
+    crv: "P-256",
+    x: encodeBase64Url(publicKey.subarray(1, 33)),
+    y: encodeBase64Url(publicKey.subarray(33, 65)),
+    d: encodeBase64Url(privateKey),
+  };
+  const key = await crypto.subtle.importKey("jwk", jwk, ECDH_P256, false, ["deriveBits"]);
+  return { privateKey: key, publicKey: publicKey.slice() };
+}
+
+// P-256 domain parameters (SEC 2 §2.4.2; FIPS 186-4 D.1.2.3).
+const P256_P = 0xffffffff00000001000000000000000000000000ffffffffffffffffffffffffn;
+const P256_B = 0x5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604bn;
+
+function bytesToBigInt(bytes: Uint8Array): bigint {
+  let n = 0n;
+  for (const b of bytes) n = (n << 8n) | BigInt(b);
+  return n;
+}
+
+/**
+ * True when `point` is a 65-byte uncompressed P-256 point (SEC 1 §2.3.4): prefix 0x04,
+ * coordinates below p, and y² = x³ - 3x + b (mod p). Deno's Web Crypto (2.5 and 2.9) accepts
+ * off-curve points on `importKey("raw")` and only fails later, in `deriveBits`, so the check
+ * is done here. The cofactor of P-256 is 1, so every such point is a valid public key.
+ */
+export function isP256Point(point: Uint8Array): boolean {
+  if (point.length !== 65 || point[0] !== 0x04) return false;
+  const x = bytesToBigInt(point.subarray(1, 33));
+  const y = bytesToBigInt(point.subarray(33, 65));
+  if (x >= P256_P || y >= P256_P) return false;
+  const lhs = (y * y) % P256_P;
+  const rhs = (((x * x) % P256_P) * x - 3n * x + P256_B) % P256_P;
+  return lhs === (rhs + P256_P) % P256_P;
+}
+
+/** The outcome of {@link validateSubscriptionKeys}. */
+export type SubscriptionKeysCheck =
+  | { ok: true; p256dh: Uint8Array; auth: Uint8Array }
+  | { ok: false; reason: string };
+
+/**
+ * Checks a subscription's `p256dh` and `auth` (base64url) the way a registration must
+ * (CONTRACT §2: otherwise `400 invalid-subscription`): `p256dh` is a 65-byte uncompressed
+ * point (0x04 prefix) on P-256 that Web Crypto accepts, `auth` is 16 bytes. Costs an
+ * on-curve check and one `importKey("raw")`, some microseconds.
+ */
+export async function validateSubscriptionKeys(
+  keys: { p256dh: unknown; auth: unknown },
+): Promise<SubscriptionKeysCheck> {
+  const p256dh = decodeKey(keys.p256dh);
+  if (p256dh === undefined) return { ok: false, reason: "p256dh is not a base64url string" };
+  if (p256dh.length !== 65) {
+    return { ok: false, reason: `p256dh must be 65 bytes, got ${p256dh.length}` };
+  }
+  if (p256dh[0] !== 0x04) {
+    return {
+      ok: false,
+      reason: `p256dh must be an uncompressed point (0x04), got prefix 0x${
+        p256dh[0]!.toString(16).padStart(2, "0")
+      }`,
+    };
+  }
+  const auth = decodeKey(keys.auth);
+  if (auth === undefined) return { ok: false, reason: "auth is not a base64url string" };
+  if (auth.length !== 16) return { ok: false, reason: `auth must be 16 bytes, got ${auth.length}` };
+  if (!isP256Point(p256dh)) return { ok: false, reason: "p256dh is not a point on P-256" };
+  try {
+    await crypto.subtle.importKey("raw", p256dh as BufferSource, ECDH_P256, false, []);
+  } catch {
+    return { ok: false, reason: "p256dh is not a P-256 public key Web Crypto accepts" };
+  }
+  return { ok: true, p256dh, auth };
+}
+
+function decodeKey(value: unknown): Uint8Array | undefined {
+  if (typeof value !== "string") return undefined;
+  // Some browsers pad their base64url; the alphabet check runs on the unpadded text.
+  const unpadded = value.replace(/=+$/, "");
+  if (!isBase64Url(unpadded)) return undefined;
+  try {
+    return decodeBase64Url(unpadded);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Pre-generated sender key pairs; see {@link createEphemeralKeyPool}. */
+export interface EphemeralKeyPool {
+  /** Removes and returns a key pair, generating one inline when the pool is empty. */
+  take(): Promise<EphemeralKeyPair>;
+  /** Fills the pool to capacity and resolves when it is full (or closed). */
+  fill(): Promise<void>;
+  /** Key pairs ready right now. */
+  readonly available: number;
+  /** Stops refilling and waits for work in flight; `take()` still works afterwards. */
+  close(): Promise<void>;
+}
+
+export interface EphemeralKeyPoolOptions {
+  /** How many key pairs to keep ready. Default 32. */
+  size?: number;
+}
+
+/**
+ * A small pool of fresh ECDH key pairs whose public points are already exported, refilled in
+ * the background after `take()`. A key pair leaves the pool once and is never handed out again
+ * (RFC 8291 §3.1). The refill yields to the event loop between key pairs so that deliveries in
+ * flight go first; call `close()` before shutdown (and in tests, for the op sanitizer).
+ */
+export function createEphemeralKeyPool(options: EphemeralKeyPoolOptions = {}): EphemeralKeyPool {
+  const size = options.size ?? 32;
+  if (!Number.isInteger(size) || size < 1) {
+    throw new RangeError(`Cannot create key pool: size must be a positive integer, got ${size}`);
+  }
+  const ready: EphemeralKeyPair[] = [];
+  let refilling: Promise<void> | undefined;
+  let closed = false;
+
+  const yieldToEventLoop = () => new Promise<void>((resolve) => setTimeout(resolve, 0));
+
+  async function refillLoop(): Promise<void> {
+    while (!closed && ready.length < size) {
+      const pair = await generateEphemeralKeyPair();
+      if (closed) return;
+      ready.push(pair);
+      if (ready.length < size) await yieldToEventLoop();
+    }
+  }
+
+  function startRefill(): Promise<void> {
+    if (closed || ready.length >= size) return refilling ?? Promise.resolve();
+    // `.finally` runs in a later microtask, so the assignment below always happens first.
+    refilling ??= refillLoop().finally(() => {
+      refilling = undefined;
+    });
+    return refilling;
+  }
+
+  return {
+    take() {
+      const pair = ready.shift();
+      if (ready.length < size) void startRefill().catch(() => {});
+      return pair ? Promise.resolve(pair) : generateEphemeralKeyPair();
+    },
+    fill() {
+      return startRefill();
+    },
+    get available() {
+      return ready.length;
+    },
+    async close() {
+      closed = true;
+      await refilling?.catch(() => {});
+      ready.length = 0;
+    },
+  };
+}

@@ -1,0 +1,28 @@
+/**
+ * The relay's one error type for refusals the caller can act on. It carries the HTTP status
+ * and the kebab-case code of CONTRACT §3, but no framework types, so `lib/` stays free of
+ * HTTP code; `routes/` turns it into `{"error": {"code", "message", ...}}`.
+ *
+ * @module
+ */
+
+export class RelayError extends Error {
+  override name = "RelayError";
+  constructor(
+    readonly status: 400 | 401 | 403 | 404 | 405 | 410 | 413 | 415 | 429 | 500 | 503,
+    readonly code: string,
+    message: string,
+    readonly extra: Record<string, unknown> = {},
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** Storage (Deno KV) failed or is closed: every route answers 503 (CONTRACT §3). */
+export class StorageError extends Error {
+  override name = "StorageError";
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}

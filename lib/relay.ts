@@ -1,0 +1,214 @@
+/**
+ * Composition of the relay from a validated config and an open KV: keys and secrets (kept in
+ * KV when not configured), transports, the delivery engine, the gateway and the HTTP app.
+ * `main.ts` and the tests both build the relay here, so tests run the real wiring with a
+ * `:memory:` KV, a fixed clock and local servers.
+ *
+ * @module
+ */
+
+import type { Hono } from "hono";
+import type { AppConfig, Config } from "./config.ts";
+import { createEphemeralKeyPool } from "./crypto/ece.ts";
+import { createVapid, generateVapidKeys, type VapidKeys } from "./crypto/vapid.ts";
+import { DeliveryEngine, type DeliveryEngineOptions } from "./delivery.ts";
+import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./encoding.ts";
+import { Gateway, type TransportInfo } from "./gateway.ts";
+import { consoleLogger, type Logger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { Registrations } from "./registrations.ts";
+import { createSealer } from "./seal.ts";
+import { Store } from "./store.ts";
+import { denoResolver, type Resolver } from "./targets.ts";
+import { type Clock, systemClock } from "./time.ts";
+import { createApnsTransport } from "./transports/apns.ts";
+import { bounded } from "./transports/bounded.ts";
+import { createFcmTransport, parseServiceAccount } from "./transports/fcm.ts";
+import type { Transport, TransportId } from "./transports/types.ts";
+import { createWebPushTransport } from "./transports/web_push.ts";
+import { createApp } from "../routes/mod.ts";
+
+export interface RelayOptions {
+  config: Config;
+  kv: Deno.Kv;
+  now?: Clock;
+  /** Outbound HTTP for Web Push and FCM. */
+  fetch?: typeof fetch;
+  /** HTTP/2 client for APNs (e.g. with a test CA). */
+  apnsClient?: Deno.HttpClient;
+  logger?: Logger;
+  resolve?: Resolver;
+  /** Delivery tuning (page size, lease, retry policy...). */
+  delivery?: Partial<
+    Omit<DeliveryEngineOptions, "store" | "transports" | "sealer" | "now" | "logger" | "metrics">
+  >;
+  /** Outbound request timeout per transport. @default 10000 */
+  sendTimeoutMs?: number;
+  /** Replaces transports (tests): a fake that records sends and answers as told. */
+  transports?: Partial<Record<TransportId, Transport>>;
+  /** Called once when dev mode generates the dev app's token (the only secret ever shown). */
+  onDevTokenCreated?: (token: string) => void;
+}
+
+export interface Relay {
+  app: Hono;
+  engine: DeliveryEngine;
+  store: Store;
+  gateway: Gateway;
+  metrics: Metrics;
+  apps: AppConfig[];
+  vapidPublicKey: string;
+  transports: TransportInfo[];
+}
+
+/** Keys and secrets: from the config when set, else generated once and kept in KV. */
+async function loadSecrets(store: Store, config: Config, onDevTokenCreated?: (t: string) => void) {
+  const secret = config.secret ??
+    decodeBase64Url(
+      (await store.getOrCreateMeta("secret", () => encodeBase64Url(randomBytes(32)))).value,
+    );
+  let vapid: VapidKeys;
+  if (config.vapid) {
+    vapid = config.vapid;
+  } else {
+    const existing = await store.getOrCreateMeta<VapidKeys | null>("vapid", () => null);
+    if (existing.value) {
+      vapid = existing.value;
+    } else {
+      const fresh = await generateVapidKeys();
+      await store.kv.atomic().set(["meta", "vapid"], fresh).commit();
+      vapid = fresh;
+    }
+  }
+  let apps = config.apps;
+  if (!apps) {
+    const dev = await store.getOrCreateMeta("dev-token", () => randomToken(24));
+    if (dev.created) onDevTokenCreated?.(dev.value);
+    apps = [{ id: "dev", token: dev.value }];
+  }
+  return { secret, vapid, apps };
+}
+
+export async function createRelay(options: RelayOptions): Promise<Relay> {
+  const { config, kv } = options;
+  const now = options.now ?? systemClock;
+  const logger = options.logger ?? consoleLogger();
+  const doFetch = options.fetch ?? fetch;
+  const store = new Store(kv);
+  const metrics = new Metrics();
+  const { secret, vapid, apps } = await loadSecrets(store, config, options.onDevTokenCreated);
+  const sealer = await createSealer(secret);
+  const timeoutMs = options.sendTimeoutMs ?? 10_000;
+
+  const transports: Partial<Record<TransportId, Transport>> = {};
+  const infos: TransportInfo[] = [];
+  const uri = (id: TransportId) => `${config.publicUrl}/transports/${id}`;
+
+  const vapidSigner = await createVapid({ ...vapid, subject: config.vapidSubject, now });
+  transports["web-push"] = bounded(
+    createWebPushTransport({
+      vapid: vapidSigner,
+      now,
+      fetch: doFetch,
+      keyPool: createEphemeralKeyPool(),
+      timeoutMs,
+    }),
+    { concurrency: 256, timeoutMs },
+  );
+  infos.push({
+    id: "web-push",
+    uri: uri("web-push"),
+    data: { "vapid-public-key": vapid.publicKey },
+  });
+
+  if (config.fcm) {
+    const serviceAccount = parseServiceAccount(config.fcm.serviceAccountJson);
+    transports.fcm = bounded(
+      createFcmTransport({
+        serviceAccount,
+        apiUrl: config.fcm.apiUrl,
+        fetch: doFetch,
+        now,
+        logger,
+      }),
+      { concurrency: 64, timeoutMs },
+    );
+    infos.push({ id: "fcm", uri: uri("fcm"), data: { "project-id": serviceAccount.projectId } });
+  }
+  if (config.apns) {
+    transports.apns = bounded(
+      createApnsTransport({
+        key: config.apns.key,
+        keyId: config.apns.keyId,
+        teamId: config.apns.teamId,
+        topic: config.apns.topic,
+        productionUrl: config.apns.apiUrl,
+        sandboxUrl: config.apns.sandboxUrl,
+        ...(options.apnsClient ? { client: options.apnsClient } : {}),
+        now,
+        logger,
+      }),
+      { concurrency: 64, timeoutMs },
+    );
+    infos.push({ id: "apns", uri: uri("apns"), data: { topic: config.apns.topic } });
+  }
+
+  const engine = new DeliveryEngine({
+    store,
+    transports: { ...transports, ...options.transports },
+    sealer,
+    now,
+    logger,
+    metrics,
+    ttl: config.ttl,
+    coalesceMs: config.coalesceMs,
+    ...options.delivery,
+  });
+  const pathApps = apps.filter((a) => a.token === null).map((a) => a.id);
+  const appLabel = (app: string) => {
+    const i = pathApps.indexOf(app);
+    return i < 0 ? app : `<path-app-${i + 1}>`;
+  };
+  const gateway = new Gateway({
+    config,
+    transports: infos,
+    store,
+    sealer,
+    engine,
+    now,
+    logger,
+    appLabel,
+  });
+  const registrations = new Registrations({
+    store,
+    sealer,
+    engine,
+    transports: infos,
+    refreshInterval: config.refreshInterval,
+    publicUrl: config.publicUrl,
+    now,
+    logger,
+  });
+  const app = createApp({
+    config,
+    apps,
+    transports: infos,
+    gateway,
+    registrations,
+    store,
+    logger,
+    metrics,
+    now,
+    resolve: options.resolve ?? denoResolver,
+  });
+  return {
+    app,
+    engine,
+    store,
+    gateway,
+    metrics,
+    apps,
+    vapidPublicKey: vapid.publicKey,
+    transports: infos,
+  };
+}

@@ -1,0 +1,180 @@
+/**
+ * The Web Push transport (RFC 8030): one POST per message to the subscription's endpoint,
+ * encrypted with RFC 8291 `aes128gcm` and authenticated with VAPID (RFC 8292).
+ *
+ * Endpoint URLs identify a device, so they are treated as secrets: no outcome reason, error or
+ * log line built here contains one.
+ *
+ * @module
+ */
+
+import { encryptWebPush, type EphemeralKeyPool, validateSubscriptionKeys } from "../crypto/ece.ts";
+import type { Vapid } from "../crypto/vapid.ts";
+import { utf8 } from "../encoding.ts";
+import {
+  type DeliveryOutcome,
+  type OutboundMessage,
+  parseRetryAfter,
+  type Target,
+  type Transport,
+} from "./types.ts";
+
+export interface WebPushTransportOptions {
+  /** Signs the `Authorization` header. */
+  vapid: Vapid;
+  /** Milliseconds since the epoch, for `Retry-After` dates. */
+  now: () => number;
+  /** The HTTP client; reused for every request so connections stay alive. Default `fetch`. */
+  fetch?: typeof fetch;
+  /** Pre-generated ECDH key pairs for encryption; generated per message when absent. */
+  keyPool?: EphemeralKeyPool;
+  /** Per-request timeout in milliseconds; a timeout is a `retry`. Default 10 000. */
+  timeoutMs?: number;
+}
+
+// RFC 8030 §5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
+const TOPIC_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
+
+/** Creates the `web-push` transport. */
+export function createWebPushTransport(options: WebPushTransportOptions): Transport {
+  const fetchFn = options.fetch ?? globalThis.fetch;
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  const { vapid, now, keyPool } = options;
+
+  async function buildBody(
+    target: { p256dh: string; auth: string },
+    message: OutboundMessage,
+  ): Promise<Uint8Array | DeliveryOutcome> {
+    if (message.payload.kind === "encrypted") return message.payload.body;
+    const keys = await validateSubscriptionKeys(target);
+    if (!keys.ok) return { kind: "failed", reason: `invalid subscription keys: ${keys.reason}` };
+    let plaintext: Uint8Array;
+    try {
+      plaintext = utf8(JSON.stringify(message.payload.data));
+    } catch (err) {
+      return { kind: "failed", reason: `payload is not JSON: ${(err as Error).name}` };
+    }
+    try {
+      return await encryptWebPush(
+        { plaintext, uaPublic: keys.p256dh, authSecret: keys.auth },
+        keyPool ? { keyPool } : {},
+      );
+    } catch (err) {
+      // Only our own size and shape messages reach here; they hold no key material.
+      return { kind: "failed", reason: `cannot encrypt: ${(err as Error).message}` };
+    }
+  }
+
+  return {
+    id: "web-push",
+    async send(target: Target, message: OutboundMessage, signal?: AbortSignal) {
+      if (target.transport !== "web-push") {
+        return { kind: "failed", reason: `wrong target for web-push: ${target.transport}` };
+      }
+      let url: URL;
+      try {
+        url = new URL(target.endpoint);
+      } catch {
+        return { kind: "failed", reason: "endpoint is not a valid URL" };
+      }
+      if (url.protocol !== "https:" && url.protocol !== "http:") {
+        return { kind: "failed", reason: `endpoint scheme ${url.protocol} is not http(s)` };
+      }
+      if (signal?.aborted) return { kind: "retry", reason: "aborted" };
+
+      const body = await buildBody(target, message);
+      if (!(body instanceof Uint8Array)) return body;
+
+      let authorization: string;
+      try {
+        authorization = await vapid.authorization(url);
+      } catch (err) {
+        return { kind: "failed", reason: `cannot sign VAPID header: ${(err as Error).name}` };
+      }
+
+      const headers = new Headers({
+        // RFC 8030 §5.2: TTL is required, in whole seconds.
+        "TTL": String(Math.max(0, Math.floor(message.ttl))),
+        "Urgency": message.urgency,
+        "Content-Encoding": "aes128gcm",
+        "Content-Type": "application/octet-stream",
+        "Authorization": authorization,
+      });
+      // An invalid Topic would make the push service refuse the whole message (RFC 8030 §5.4);
+      // sending it without one only loses the replacement.
+      if (message.collapseKey !== undefined && TOPIC_PATTERN.test(message.collapseKey)) {
+        headers.set("Topic", message.collapseKey);
+      }
+
+      const controller = new AbortController();
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        controller.abort();
+      }, timeoutMs);
+      const onAbort = () => controller.abort();
+      signal?.addEventListener("abort", onAbort, { once: true });
+      // The signal may have fired while we were encrypting; a listener added late never runs.
+      if (signal?.aborted) controller.abort();
+      try {
+        const response = await fetchFn(url, {
+          method: "POST",
+          headers,
+          body: body as BufferSource,
+          signal: controller.signal,
+          // A push service has no reason to redirect; following one could send the message
+          // (and our VAPID token) to an arbitrary host.
+          redirect: "manual",
+        });
+        // Free the connection for reuse; the answer's body is never needed.
+        await response.body?.cancel().catch(() => {});
+        return classify(response.status, response.headers.get("retry-after"), now());
+      } catch (err) {
+        if (timedOut) return { kind: "retry", reason: `timeout after ${timeoutMs} ms` };
+        if (signal?.aborted) return { kind: "retry", reason: "aborted" };
+        return { kind: "retry", reason: networkReason(err) };
+      } finally {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+      }
+    },
+  };
+}
+
+/** Maps a push service's status to an outcome (RFC 8030 §5, §6.2; RFC 8292 §4). */
+function classify(status: number, retryAfter: string | null, now: number): DeliveryOutcome {
+  if (status >= 200 && status < 300) return { kind: "delivered", status };
+  // RFC 8030 §6.2 / §7.3: the subscription has expired or never existed.
+  if (status === 404 || status === 410) {
+    return { kind: "gone", status, reason: `push service answered ${status}` };
+  }
+  // 429 (RFC 8030 §8.4 rate limiting), 5xx and 408 are transient.
+  if (status === 429 || status === 408 || status >= 500) {
+    const retryAfterMs = parseRetryAfter(retryAfter, now);
+    return retryAfterMs === undefined
+      ? { kind: "retry", status, reason: `push service answered ${status}` }
+      : { kind: "retry", status, retryAfterMs, reason: `push service answered ${status}` };
+  }
+  // 400, 401/403 (VAPID refused, RFC 8292 §4), 413 (too large), redirects: this message
+  // cannot succeed as sent, but the device is not known to be gone.
+  return { kind: "failed", status, reason: `push service answered ${status}` };
+}
+
+/** A reason for a network failure without the error's message, which may hold the URL. */
+function networkReason(err: unknown): string {
+  // Deno 2.5 puts the detail in the message, 2.9 in `cause` ("fetch failed"): read the chain.
+  let text = "";
+  let current: unknown = err;
+  for (let depth = 0; current instanceof Error && depth < 5; depth++) {
+    text += ` ${current.message.toLowerCase()}`;
+    current = current.cause;
+  }
+  if (text.includes("connection refused")) return "network error: connection refused";
+  if (text.includes("dns error") || text.includes("failed to lookup")) {
+    return "network error: name resolution failed";
+  }
+  if (text.includes("certificate") || text.includes("tls")) return "network error: TLS failure";
+  if (text.includes("connection reset")) return "network error: connection reset";
+  if (text.includes("blocked")) return "network error: port blocked by the runtime";
+  return `network error: ${err instanceof Error ? err.name : typeof err}`;
+}

@@ -1,0 +1,81 @@
+/**
+ * Composition root: environment → config → KV → relay → `Deno.serve`, plus the background
+ * loop (a timer locally, `Deno.cron` on Deno Deploy) and graceful shutdown on SIGTERM/SIGINT.
+ *
+ * @module
+ */
+
+import { ConfigError, loadConfig } from "./lib/config.ts";
+import { consoleLogger } from "./lib/log.ts";
+import { createRelay } from "./lib/relay.ts";
+
+const logger = consoleLogger();
+
+let config;
+try {
+  config = loadConfig(Deno.env.toObject());
+} catch (err) {
+  if (err instanceof ConfigError) {
+    console.error(`Configuration error: ${err.message}`);
+    Deno.exit(78); // EX_CONFIG
+  }
+  throw err;
+}
+
+const kv = await Deno.openKv(config.kvPath);
+const relay = await createRelay({
+  config,
+  kv,
+  logger,
+  onDevTokenCreated(token) {
+    // CONTRACT §4: the dev app's token is the only secret ever printed, once, when created.
+    console.log(
+      `Dev mode (RELAY_APPS unset): app "dev" created; its bearer token is ${token}\n` +
+        "It is kept in KV and will not be shown again.",
+    );
+  },
+});
+
+const TICK_MS = 1000;
+const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
+let ticker: ReturnType<typeof setInterval> | undefined;
+if (onDeploy && typeof Deno.cron === "function") {
+  // Deno Deploy: isolates sleep when idle, so a cron wakes one to pick up left-over work.
+  Deno.cron("dav-push-relay worker", "* * * * *", () => relay.engine.tick());
+} else {
+  ticker = setInterval(() => {
+    relay.engine.tick().catch((err) => logger.log("error", "tick.error", { error: String(err) }));
+  }, TICK_MS);
+}
+// Pick up what a previous run left (crash or restart) right away.
+relay.engine.tick().catch((err) => logger.log("error", "tick.error", { error: String(err) }));
+
+const shutdown = new AbortController();
+const server = Deno.serve({
+  port: config.port,
+  signal: shutdown.signal,
+  onListen({ hostname, port }) {
+    logger.log("info", "listening", { hostname, port, publicUrl: config.publicUrl });
+  },
+}, relay.app.fetch);
+
+let stopping = false;
+async function stop(signal: string) {
+  if (stopping) return;
+  stopping = true;
+  logger.log("info", "shutdown", { signal });
+  clearInterval(ticker);
+  shutdown.abort(); // stop accepting; in-flight requests finish
+  // Finish or release claimed work within 5 seconds.
+  await Promise.all([relay.engine.shutdown(4500), server.finished]);
+  kv.close();
+  logger.log("info", "stopped", {});
+  Deno.exit(0);
+}
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  try {
+    Deno.addSignalListener(signal, () => void stop(signal));
+  } catch {
+    // Signals are not available everywhere (e.g. some deploy targets).
+  }
+}

@@ -1,0 +1,50 @@
+/**
+ * Application-server authentication (CONTRACT §1): a bearer token, or, for apps configured
+ * without one, the app id in the path as the secret (how OX App Suite calls a gateway:
+ * `<gatewayUrl><applicationId>`).
+ *
+ * @module
+ */
+
+import type { Context } from "hono";
+import type { AppConfig } from "../lib/config.ts";
+import { timingSafeEqual } from "../lib/encoding.ts";
+import { RelayError } from "../lib/errors.ts";
+
+function unauthorized(message: string): RelayError {
+  return new RelayError(401, "unauthorized", message, {}, {
+    "WWW-Authenticate": 'Bearer realm="dav-push-relay"',
+  });
+}
+
+/** Returns the calling app, or throws 401 with `WWW-Authenticate: Bearer`. */
+export function authenticateApp(
+  c: Context,
+  apps: AppConfig[],
+  pathApp: string | undefined,
+): AppConfig {
+  const header = c.req.header("authorization");
+  if (header !== undefined) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!m) throw unauthorized("Authorization must be a Bearer token");
+    const token = m[1]!;
+    // Compare against every token so timing does not tell which prefix matched.
+    let found: AppConfig | undefined;
+    for (const app of apps) {
+      if (app.token !== null && timingSafeEqual(app.token, token)) found = app;
+    }
+    if (!found) throw unauthorized("Unknown bearer token");
+    if (pathApp !== undefined && pathApp !== found.id) {
+      throw unauthorized("The bearer token does not belong to the app in the path");
+    }
+    return found;
+  }
+  if (pathApp !== undefined) {
+    let found: AppConfig | undefined;
+    for (const app of apps) {
+      if (app.token === null && timingSafeEqual(app.id, pathApp)) found = app;
+    }
+    if (found) return found;
+  }
+  throw unauthorized("Missing or wrong credentials");
+}

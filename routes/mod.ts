@@ -1,0 +1,108 @@
+/**
+ * `createApp(deps)`: the Hono app. Middleware (request log, security headers), the route
+ * mounts, and one error handler that turns `RelayError`, `StorageError` and everything else
+ * into CONTRACT §3 error bodies.
+ *
+ * @module
+ */
+
+import { Hono } from "hono";
+import { HTTPException } from "hono/http-exception";
+import type { AppConfig, Config } from "../lib/config.ts";
+import { RelayError, StorageError } from "../lib/errors.ts";
+import type { Gateway, TransportInfo } from "../lib/gateway.ts";
+import type { Logger } from "../lib/log.ts";
+import type { Metrics } from "../lib/metrics.ts";
+import type { Registrations } from "../lib/registrations.ts";
+import type { Store } from "../lib/store.ts";
+import type { Resolver } from "../lib/targets.ts";
+import type { Clock } from "../lib/time.ts";
+import { gatewayRoutes } from "./gateway.ts";
+import { healthRoutes } from "./health.ts";
+import { registrationRoutes } from "./registrations.ts";
+
+export interface AppDeps {
+  config: Pick<Config, "registrationRateLimit" | "allowPrivateEndpoints" | "publicUrl">;
+  apps: AppConfig[];
+  transports: TransportInfo[];
+  gateway: Gateway;
+  registrations: Registrations;
+  store: Store;
+  logger: Logger;
+  metrics: Metrics;
+  now: Clock;
+  resolve: Resolver;
+  /** Extra routes mounted before the 404 handler (e.g. the Web Push ingress). */
+  extraRoutes?: Hono[];
+}
+
+/** Paths as logged: capability segments (path-secret app ids, ingress ids) are masked. */
+export function logPath(path: string): string {
+  return path
+    .replace(/^\/gateway\/[^/]+/, "/gateway/<app>")
+    .replace(/^\/push\/[^/]+/, "/push/<id>")
+    .replace(/^\/registrations\/[^/]+/, "/registrations/<client-id>")
+    .slice(0, 120);
+}
+
+function errorBody(code: string, message: string, extra: Record<string, unknown> = {}) {
+  return { error: { code, message, ...extra } };
+}
+
+export function createApp(deps: AppDeps): Hono {
+  const app = new Hono();
+
+  app.use(async function requestLog(c, next) {
+    const start = performance.now();
+    await next();
+    const ms = Math.round((performance.now() - start) * 10) / 10;
+    deps.metrics.httpRequests.inc({ code: `${Math.floor(c.res.status / 100)}xx` });
+    deps.logger.log("info", "request", {
+      method: c.req.method,
+      path: logPath(new URL(c.req.url).pathname),
+      status: c.res.status,
+      ms,
+    });
+  });
+
+  app.use(async function securityHeaders(c, next) {
+    await next();
+    c.res.headers.set("X-Content-Type-Options", "nosniff");
+    c.res.headers.set("Cache-Control", "no-store");
+  });
+
+  app.route("/", healthRoutes(deps));
+  app.route("/", gatewayRoutes(deps));
+  app.route("/", registrationRoutes(deps));
+  for (const extra of deps.extraRoutes ?? []) app.route("/", extra);
+
+  app.notFound((c) => c.json(errorBody("not-found", "No such resource"), 404));
+
+  app.onError((err, c) => {
+    if (err instanceof RelayError) {
+      return c.json(errorBody(err.code, err.message, err.extra), err.status, err.headers);
+    }
+    if (err instanceof StorageError) {
+      deps.logger.log("error", "storage.error", {
+        error: String(err.cause ?? err.message).slice(0, 300),
+      });
+      return c.json(
+        errorBody("storage-unavailable", "Storage is unavailable; try again later"),
+        503,
+        {
+          "Retry-After": "5",
+        },
+      );
+    }
+    if (err instanceof HTTPException) {
+      return err.getResponse();
+    }
+    // Never a stack trace or internal detail in the body (CONTRACT §3).
+    deps.logger.log("error", "internal.error", {
+      name: (err as Error).name,
+      error: String((err as Error).message).slice(0, 300),
+    });
+    return c.json(errorBody("internal-error", "Internal error"), 500);
+  });
+  return app;
+}
