@@ -130,9 +130,11 @@ export async function harness(
       if (!headers.has("content-type")) headers.set("content-type", "application/json");
     }
     return Promise.resolve(
-      relay.app.request(`http://relay.test${path}`, { ...init, headers, body: body ?? null }, {
-        remoteAddr: { hostname: init.remote ?? "198.51.100.7" },
-      }),
+      relay.app.request(
+        new Request(`http://relay.test${path}`, { ...init, headers, body: body ?? null }),
+        undefined,
+        { remoteAddr: { hostname: init.remote ?? "198.51.100.7" } },
+      ),
     );
   };
   const h: Harness = {

@@ -297,29 +297,33 @@ export function createApnsTransport(options: ApnsTransportOptions): ApnsTranspor
     }
     try {
       let res = await post(url, token, headers, body, signal);
+      let reason: string | undefined;
       if (res.status === 403) {
-        const reason = await reasonOf(res);
-        if (reason !== "ExpiredProviderToken") return outcomeFor(403, reason, res, now());
-        const renewed = renewAfterExpired(token);
-        if (!renewed) {
-          logger.log("warn", "apns.token.expired_early", {
-            ageS: Math.round((now() - token.issuedAt) / 1000),
-          });
-          return {
-            kind: "retry",
-            status: 403,
-            reason,
-            retryAfterMs: Math.max(0, token.issuedAt + minAge - now()),
-          };
+        reason = await reasonOf(res);
+        if (reason === "ExpiredProviderToken") {
+          const renewed = renewAfterExpired(token);
+          if (!renewed) {
+            logger.log("warn", "apns.token.expired_early", {
+              ageS: Math.round((now() - token.issuedAt) / 1000),
+            });
+            return {
+              kind: "retry",
+              status: 403,
+              reason,
+              retryAfterMs: Math.max(0, token.issuedAt + minAge - now()),
+            };
+          }
+          // Apple: a stale provider token; sign a new one and try once more.
+          token = await renewed;
+          res = await post(url, token, headers, body, signal);
+          reason = undefined;
         }
-        token = await renewed;
-        res = await post(url, token, headers, body, signal);
       }
       if (res.ok) {
         await res.body?.cancel();
         return { kind: "delivered", status: res.status };
       }
-      const reason = await reasonOf(res);
+      reason ??= await reasonOf(res);
       if (res.status === 403 && /ProviderToken/.test(reason)) {
         logger.log("error", "apns.auth.rejected", { status: 403, reason });
       }

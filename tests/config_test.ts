@@ -1,0 +1,101 @@
+/**
+ * Configuration (CONTRACT §4): parsed once, validated, with errors naming the variable.
+ */
+
+import assert from "node:assert/strict";
+import { ConfigError, loadConfig, parseApps } from "../lib/config.ts";
+
+function refused(env: Record<string, string>, variable: string) {
+  assert.throws(() => loadConfig(env), (err: unknown) => {
+    assert.ok(err instanceof ConfigError, String(err));
+    assert.equal(err.variable, variable);
+    assert.ok(err.message.startsWith(`${variable}:`));
+    return true;
+  });
+}
+
+Deno.test("loadConfig() with no environment gives the contract's defaults (dev mode)", () => {
+  const c = loadConfig({});
+  assert.equal(c.port, 8000);
+  assert.equal(c.publicUrl, "http://localhost:8000");
+  assert.equal(c.kvPath, undefined);
+  assert.equal(c.apps, null);
+  assert.equal(c.secret, null);
+  assert.equal(c.vapid, null);
+  assert.equal(c.vapidSubject, "mailto:relay@localhost");
+  assert.equal(c.refreshInterval, 172800);
+  assert.equal(c.ttl, 86400);
+  assert.equal(c.coalesceMs, 2000);
+  assert.equal(c.registrationRateLimit, 60);
+  assert.equal(c.allowPrivateEndpoints, false);
+  assert.equal(c.fcm, null);
+  assert.equal(c.apns, null);
+  const https = loadConfig({ RELAY_PUBLIC_URL: "https://push.example.org/", PORT: "9000" });
+  assert.equal(https.publicUrl, "https://push.example.org");
+  assert.equal(https.vapidSubject, "https://push.example.org");
+});
+
+Deno.test("parseApps() reads id:token pairs and path-authenticated apps with an empty token", () => {
+  const id = "a".repeat(32);
+  assert.deepEqual(parseApps(`ox:${"t".repeat(16)}, ${id}:`), [
+    { id: "ox", token: "t".repeat(16) },
+    { id, token: null },
+  ]);
+});
+
+Deno.test("A bad RELAY_APPS stops the relay with a message naming the variable", () => {
+  for (
+    const apps of [
+      "no-colon",
+      "short:",
+      `dup:${"t".repeat(16)},dup:${"u".repeat(16)}`,
+      `same1:${"t".repeat(16)},same2:${"t".repeat(16)}`,
+      "weak:short",
+      `bad/id:${"t".repeat(16)}`,
+      ",",
+    ]
+  ) refused({ RELAY_APPS: apps }, "RELAY_APPS");
+});
+
+Deno.test("Bad keys, URLs and numbers name their variable", () => {
+  refused({ RELAY_SECRET: "too-short" }, "RELAY_SECRET");
+  refused({ RELAY_SECRET: "!!!not base64!!!".repeat(4) }, "RELAY_SECRET");
+  refused({ RELAY_VAPID_PUBLIC_KEY: "B".repeat(87) }, "RELAY_VAPID_PRIVATE_KEY");
+  refused(
+    { RELAY_VAPID_PUBLIC_KEY: "AA", RELAY_VAPID_PRIVATE_KEY: "A".repeat(43) },
+    "RELAY_VAPID_PUBLIC_KEY",
+  );
+  refused({ RELAY_PUBLIC_URL: "not a url" }, "RELAY_PUBLIC_URL");
+  refused({ RELAY_PUBLIC_URL: "ftp://x.example" }, "RELAY_PUBLIC_URL");
+  refused({ PORT: "eighty" }, "PORT");
+  refused({ PORT: "70000" }, "PORT");
+  refused({ RELAY_TTL: "-1" }, "RELAY_TTL");
+  refused({ RELAY_REFRESH_INTERVAL: "0" }, "RELAY_REFRESH_INTERVAL");
+  refused({ RELAY_COALESCE_MS: "1.5" }, "RELAY_COALESCE_MS");
+  refused({ RELAY_ALLOW_PRIVATE_ENDPOINTS: "yes" }, "RELAY_ALLOW_PRIVATE_ENDPOINTS");
+  refused({ RELAY_VAPID_SUBJECT: "someone" }, "RELAY_VAPID_SUBJECT");
+  refused({ RELAY_FCM_SERVICE_ACCOUNT: "{not json" }, "RELAY_FCM_SERVICE_ACCOUNT");
+  refused({ RELAY_APNS_KEY: "x" }, "RELAY_APNS_KEY_ID");
+  refused({
+    RELAY_APNS_KEY: "not a pem",
+    RELAY_APNS_KEY_ID: "K",
+    RELAY_APNS_TEAM_ID: "T",
+    RELAY_APNS_TOPIC: "b",
+  }, "RELAY_APNS_KEY");
+});
+
+Deno.test("Config errors never echo a secret value", () => {
+  const secret = "s3cr3t-value-that-must-not-leak!";
+  try {
+    loadConfig({ RELAY_SECRET: secret });
+    assert.fail("should throw");
+  } catch (err) {
+    assert.equal((err as Error).message.includes(secret), false);
+  }
+  try {
+    loadConfig({ RELAY_APPS: `x:${secret} spaces` });
+    assert.fail("should throw");
+  } catch (err) {
+    assert.equal((err as Error).message.includes(secret), false);
+  }
+});
