@@ -19,8 +19,8 @@ import {
   parseXml,
   type ParseXmlOptions,
   serializeXml,
-  XmlError,
   type XmlElement,
+  XmlError,
   type XmlNode,
 } from "./xml.ts";
 
@@ -73,12 +73,12 @@ export interface PushTransport {
   /** The transport's identifier; clients match it against the transports they support. */
   transportUri: string;
   /** Seconds within which a client must re-subscribe (§6.2.1.6). */
-  refreshInterval?: number;
+  refreshInterval?: number | undefined;
   /**
    * What a client needs to subscribe, e.g. `{"vapid-public-key": "..."}`. §6.1.1: no structured
    * data, so a flat map of strings (or one string, as OX reads it).
    */
-  transportData?: Readonly<Record<string, string>> | string;
+  transportData?: Readonly<Record<string, string>> | string | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -91,14 +91,14 @@ export interface DiscoveryOptions {
   /** The transports on offer, normally a gateway's bootstrap. */
   transports: readonly PushTransport[];
   /** The resource's topic (§6.2.1.7); left out when the resource has none. */
-  topic?: string;
+  topic?: string | undefined;
   /** Highest protocol version supported; default {@linkcode DAV_PUSH_VERSION}. */
-  version?: string;
+  version?: string | undefined;
   /**
    * Add one empty `transport` element: §6.2.1.2, the client may bring its own (HTTPS)
    * transport. Default false.
    */
-  allowClientTransport?: boolean;
+  allowClientTransport?: boolean | undefined;
 }
 
 // XML names a transport-data key may be written as; other keys use <P:data name="...">.

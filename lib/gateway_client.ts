@@ -14,14 +14,14 @@ export interface PushMessage {
   /** The topic of the changed resource. */
   topic: string;
   /** 0 (lowest) to 100 (highest); the gateway takes 50 when left out (§6.1.3). */
-  priority?: number;
+  priority?: number | undefined;
   /** RFC 3339 UTC time of the (latest) change (§6.1.3, A-10). */
   timestamp: string;
   /**
    * The originating client's `Push-Client-Id` (§7.1), so the gateway can skip it. Leave it
    * out when the message merges changes of different clients (§6.1.3, A-11).
    */
-  clientId?: string;
+  clientId?: string | undefined;
 }
 
 /** A subscription to forward (§6.1.2). */
@@ -106,20 +106,20 @@ export interface GatewayClientOptions {
   /** The gateway's URL, e.g. `https://relay.example/gateway`. Bootstrap goes here. */
   url: string;
   /** Bearer token of this application server at the gateway. */
-  token?: string;
+  token?: string | undefined;
   /**
    * OX-style path authentication: subscribe and push go to `<url>/<appId>` (spec digest
    * §2.15). Never logged or put in error messages.
    */
-  appId?: string;
+  appId?: string | undefined;
   /** Messages per push request, 1 to 100; default 100 (OX `transportChunkSize`). */
-  chunkSize?: number;
+  chunkSize?: number | undefined;
   /** Per-request timeout in milliseconds; default 30000 (OX's read timeout). */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
   /** A topic-to-gateway map to keep up to date; the key for this gateway is `url`. */
-  topicMap?: TopicGatewayMap;
+  topicMap?: TopicGatewayMap | undefined;
   /** Injected `fetch`; default `globalThis.fetch`. */
-  fetch?: typeof fetch;
+  fetch?: typeof fetch | undefined;
 }
 
 /** Largest chunk {@linkcode GatewayClient.push} sends: 100 messages, as OX App Suite does. */
@@ -129,10 +129,20 @@ export const MAX_PUSH_CHUNK = 100;
  * A client for one Push Gateway.
  *
  * ```ts
- * const gateway = new GatewayClient({ url: "https://relay.example/gateway", token });
- * const transports = await gateway.bootstrap();
- * await gateway.subscribe({ topics, transportUri, clientData, expires });
- * const { noSubscribers } = await gateway.push([{ topic, timestamp, clientId }]);
+ * import { GatewayClient, TopicGatewayMap } from "./gateway_client.ts";
+ *
+ * const topicMap = new TopicGatewayMap();
+ * const gateway = new GatewayClient({ url: "https://relay.example/gateway", token: "…", topicMap });
+ * const [transport] = await gateway.bootstrap();
+ * await gateway.subscribe({
+ *   topics: ["q9Xc1vLrT0mJ2aBd"],
+ *   transportUri: transport!.transportUri,
+ *   clientData: "<client-data the client got from the relay>",
+ *   expires: new Date(Date.now() + 86_400_000),
+ * });
+ * const { noSubscribers } = await gateway.push([
+ *   { topic: "q9Xc1vLrT0mJ2aBd", timestamp: "2026-11-24T09:15:02Z", clientId: "c-5e0a17" },
+ * ]);
  * ```
  */
 export class GatewayClient {

@@ -113,8 +113,10 @@ export function parseXml(input: string | Uint8Array, options: ParseXmlOptions = 
   let text: string;
   if (typeof input === "string") {
     // Cheap upper bound first: a UTF-8 encoding is at most 3 bytes per UTF-16 unit.
-    if (input.length > maxBytes || (input.length * 3 > maxBytes &&
-      utf8Encoder.encode(input).length > maxBytes)) {
+    if (
+      input.length > maxBytes || (input.length * 3 > maxBytes &&
+        utf8Encoder.encode(input).length > maxBytes)
+    ) {
       throw new XmlError(`Body is larger than ${maxBytes} bytes`, 413);
     }
     text = input;
@@ -239,7 +241,8 @@ export function escapeXmlAttribute(s: string): string {
 }
 
 // XML Namespaces §3 NCName, restricted to what a local name here can reasonably be.
-const NC_NAME = /^[A-Za-z_\u00C0-\uFFFD\u{10000}-\u{EFFFF}][A-Za-z0-9._\-\u00B7\u00C0-\uFFFD\u{10000}-\u{EFFFF}]*$/u;
+const NC_NAME =
+  /^[A-Za-z_\u00C0-\uFFFD\u{10000}-\u{EFFFF}][A-Za-z0-9._\-\u00B7\u00C0-\uFFFD\u{10000}-\u{EFFFF}]*$/u;
 
 /** Options for {@linkcode serializeXml}. */
 export interface SerializeXmlOptions {
