@@ -5,7 +5,7 @@
  * @module
  */
 
-import { Hono } from "hono";
+import { type Context, Hono } from "hono";
 import type { AppDeps } from "./mod.ts";
 import { authenticateApp } from "./auth.ts";
 import { isPlainObject, readJson } from "./body.ts";
@@ -15,7 +15,7 @@ import { parsePush, parseSubscribe } from "./validate.ts";
 export function gatewayRoutes(deps: AppDeps): Hono {
   const app = new Hono();
 
-  const handle = async (c: import("hono").Context, pathApp: string | undefined) => {
+  const handle = async (c: Context, pathApp: string | undefined) => {
     const body = await readJson(c);
     const keys = isPlainObject(body) ? Object.keys(body) : [];
     if (keys.length !== 1) {

@@ -280,3 +280,35 @@ Deno.test("Request logs carry method, path, status and time, and never a token, 
     await h.close();
   }
 });
+
+Deno.test("The largest valid requests fit KV's atomic limits: 1000 topics of 256 four-byte characters; 1 MiB of such messages", async () => {
+  const h = await harness();
+  try {
+    const dev = await h.registerDevice();
+    // 256 characters, most of them outside the BMP: about 1 KiB of UTF-8 per topic.
+    const topics = Array.from(
+      { length: 1000 },
+      (_, i) => `${i}`.padStart(4, "0") + "😀".repeat(252),
+    );
+    assert.equal([...topics[0]!].length, 256);
+    const sub = await h.subscribe(dev["client-data"], topics);
+    assert.equal(sub.status, 200);
+    assert.equal((await h.relay.store.listClientSubscriptions(dev["client-id"])).length, 1000);
+    await settle(h);
+    h.webPush.sent = [];
+    // As many as fit in the 1 MiB body: about 1 MiB of messages, more than one KV atomic holds.
+    const messages = topics.slice(0, 750).map((topic) => ({ topic, "client-id": "c".repeat(200) }));
+    const res = await h.push(messages);
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { "push-response": {} });
+    await settle(h);
+    assert.equal(h.webPush.sent.length, 750);
+    const unsub = await h.subscribe(dev["client-data"], topics, {
+      expires: "2000-01-01T00:00:00Z",
+    });
+    assert.equal(unsub.status, 200);
+    assert.deepEqual(await h.relay.store.listClientSubscriptions(dev["client-id"]), []);
+  } finally {
+    await h.close();
+  }
+});
