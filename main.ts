@@ -66,8 +66,15 @@ async function stop(signal: string) {
   logger.log("info", "shutdown", { signal });
   clearInterval(ticker);
   shutdown.abort(); // stop accepting; in-flight requests finish
-  // Finish or release claimed work within 5 seconds.
-  await Promise.all([relay.engine.shutdown(4500), server.finished]);
+  // Issue 4: finish or release claimed work within 5 seconds. The engine stops starting
+  // sends, commits what finished, gives the rest back and removes its heartbeat, so another
+  // process (or the next start) takes over at once.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([
+    Promise.all([relay.engine.shutdown(4500), server.finished]),
+    new Promise((resolve) => (timer = setTimeout(resolve, 4800))),
+  ]);
+  clearTimeout(timer);
   kv.close();
   logger.log("info", "stopped", {});
   Deno.exit(0);

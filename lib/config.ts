@@ -48,6 +48,8 @@ export interface Config {
   refreshInterval: number;
   ttl: number;
   coalesceMs: number;
+  /** Advanced: a worker silent this long is presumed dead and its work taken over. */
+  leaseMs: number;
   registrationRateLimit: number;
   allowPrivateEndpoints: boolean;
   fcm: FcmConfig | null;
@@ -211,6 +213,7 @@ export function loadConfig(env: Env): Config {
   const refreshInterval = integer(env, "RELAY_REFRESH_INTERVAL", 172800, 60, 365 * 24 * 3600);
   const ttl = integer(env, "RELAY_TTL", 86400, 0, MAX_TTL);
   const coalesceMs = integer(env, "RELAY_COALESCE_MS", 2000, 0, 3600_000);
+  const leaseMs = integer(env, "RELAY_LEASE_MS", 15_000, 1000, 600_000);
   const registrationRateLimit = integer(env, "RELAY_REGISTRATION_RATE_LIMIT", 60, 0, 1_000_000);
 
   const allowRaw = env.RELAY_ALLOW_PRIVATE_ENDPOINTS ?? "0";
@@ -279,6 +282,7 @@ export function loadConfig(env: Env): Config {
     refreshInterval,
     ttl,
     coalesceMs,
+    leaseMs,
     registrationRateLimit,
     allowPrivateEndpoints,
     fcm,

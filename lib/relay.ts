@@ -14,6 +14,7 @@ import { createVapid, generateVapidKeys, type VapidKeys } from "./crypto/vapid.t
 import { DeliveryEngine, type DeliveryEngineOptions } from "./delivery.ts";
 import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./encoding.ts";
 import { Gateway, type TransportInfo } from "./gateway.ts";
+import { Ingress, type IngressOptions, ingressSuperseded } from "./ingress.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { Metrics } from "./metrics.ts";
 import { Registrations } from "./registrations.ts";
@@ -27,6 +28,7 @@ import { createFcmTransport, parseServiceAccount } from "./transports/fcm.ts";
 import type { Transport, TransportId } from "./transports/types.ts";
 import { createWebPushTransport } from "./transports/web_push.ts";
 import { createApp } from "../routes/mod.ts";
+import { ingressRoutes } from "../routes/ingress.ts";
 
 export interface RelayOptions {
   config: Config;
@@ -48,6 +50,8 @@ export interface RelayOptions {
   transports?: Partial<Record<TransportId, Transport>>;
   /** Called once when dev mode generates the dev app's token (the only secret ever shown). */
   onDevTokenCreated?: (token: string) => void;
+  /** Web Push ingress tuning (e.g. the per-resource rate limit). */
+  ingress?: Partial<Pick<IngressOptions, "ratePerMinute">>;
 }
 
 export interface Relay {
@@ -63,23 +67,14 @@ export interface Relay {
 
 /** Keys and secrets: from the config when set, else generated once and kept in KV. */
 async function loadSecrets(store: Store, config: Config, onDevTokenCreated?: (t: string) => void) {
+  const fresh = config.vapid ? null : await generateVapidKeys();
   const secret = config.secret ??
     decodeBase64Url(
       (await store.getOrCreateMeta("secret", () => encodeBase64Url(randomBytes(32)))).value,
     );
-  let vapid: VapidKeys;
-  if (config.vapid) {
-    vapid = config.vapid;
-  } else {
-    const existing = await store.getOrCreateMeta<VapidKeys | null>("vapid", () => null);
-    if (existing.value) {
-      vapid = existing.value;
-    } else {
-      const fresh = await generateVapidKeys();
-      await store.kv.atomic().set(["meta", "vapid"], fresh).commit();
-      vapid = fresh;
-    }
-  }
+  // First writer wins: two processes starting together on one fresh KV agree on one key pair.
+  const vapid: VapidKeys = config.vapid ??
+    (await store.getOrCreateMeta<VapidKeys>("vapid", () => fresh!)).value;
   let apps = config.apps;
   if (!apps) {
     const dev = await store.getOrCreateMeta("dev-token", () => randomToken(24));
@@ -96,7 +91,18 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const doFetch = options.fetch ?? fetch;
   const store = new Store(kv);
   const metrics = new Metrics();
-  const { secret, vapid, apps } = await loadSecrets(store, config, options.onDevTokenCreated);
+  // Two processes opening one fresh SQLite file at the same moment can meet "database is
+  // locked" on their first writes: try a few times before giving up.
+  let secrets: Awaited<ReturnType<typeof loadSecrets>> | undefined;
+  for (let attempt = 1; !secrets; attempt++) {
+    try {
+      secrets = await loadSecrets(store, config, options.onDevTokenCreated);
+    } catch (err) {
+      if (attempt >= 5) throw err;
+      await new Promise((r) => setTimeout(r, 100 * attempt));
+    }
+  }
+  const { secret, vapid, apps } = secrets;
   const sealer = await createSealer(secret);
   const timeoutMs = options.sendTimeoutMs ?? 10_000;
 
@@ -162,6 +168,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     metrics,
     ttl: config.ttl,
     coalesceMs: config.coalesceMs,
+    leaseMs: config.leaseMs,
+    // Web Push ingress: an undelivered message replaced by a newer one with its Topic.
+    superseded: (d) => ingressSuperseded(store, d),
     ...options.delivery,
   });
   const pathApps = apps.filter((a) => a.token === null).map((a) => a.id);
@@ -189,6 +198,14 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     now,
     logger,
   });
+  const ingress = new Ingress({
+    store,
+    engine,
+    publicUrl: config.publicUrl,
+    now,
+    logger,
+    ...options.ingress,
+  });
   const app = createApp({
     config,
     apps,
@@ -200,6 +217,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     metrics,
     now,
     resolve: options.resolve ?? denoResolver,
+    extraRoutes: [ingressRoutes(ingress)],
   });
   return {
     app,

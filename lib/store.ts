@@ -9,9 +9,12 @@
  * - `["sub", app, topic, clientId]` → SubscriptionValue (fan-out reads this prefix)
  * - `["subc", clientId, app, topic]` → expiry (prune every subscription of a client)
  * - `["subx", expiresAt, app, topic, clientId]` → null (expiry sweep, CC/CD 70025 §6.2.1.6)
- * - `["outbox", id]` → OutboxMessage: one pushed message and its fan-out position
- * - `["dq", dueAt, id]` → QueuedDelivery: one delivery to one client (acks, retries, trailing
- *   coalesced updates); `["dead", id]` → dead letters
+ * - `["outbox", id]` → OutboxMessage: one pushed message (or one coalesced trailing update) and
+ *   its fan-out position (cursor) and lease; ids are time-ordered
+ * - `["cw", app, topic]` → CoalesceWindow: the open coalescing window of a topic (§8.3)
+ * - `["dq", dueAt, id]` → QueuedDelivery: one delivery to one client (acks, retries, ingress)
+ * - `["dead", id]` → DeadLetter, kept for 7 days
+ * - `["worker", owner]` → WorkerBeat: a process's heartbeat; its leases are valid while it beats
  *
  * Expiry is stored in values and checked on read: KV `expireIn` only collects garbage (it
  * lags by up to a minute locally).
@@ -36,9 +39,52 @@ export interface SubscriptionValue {
   tr: TransportId;
 }
 
+/**
+ * A claim on outbox or queue work. Valid while `until` lies ahead and the owner's heartbeat
+ * (`WorkerBeat`) is fresh; `owner: ""` is unclaimed.
+ */
 export interface Lease {
   owner: string;
   until: number;
+}
+
+/** A worker's heartbeat. */
+export interface WorkerBeat {
+  /** The worker counts as alive until then. */
+  until: number;
+  since: number;
+}
+
+/** Latest timestamp and highest priority of the updates merged for one origin. */
+export interface Aggregate {
+  /** RFC 3339 UTC, the latest. */
+  timestamp: string;
+  /** `timestamp` in epoch ms, for comparison. */
+  ms: number;
+  priority: number;
+}
+
+/** A coalesced trailing update (CONTRACT §1.3), fanned out once its window closes. */
+export interface TrailingUpdate {
+  /** Merged updates by originating `client-id` ("" for messages without one). */
+  byOrigin: Record<string, Aggregate>;
+  /** The client-id of the window's first message, if it had one. */
+  opener?: string;
+  /** What the opener gets: updates after its own first one, none of its own. */
+  openerAgg?: Aggregate;
+}
+
+/** The open coalescing window of (app, topic). */
+export interface CoalesceWindow {
+  openedAt: number;
+  /** Updates before this are merged into `trailing`. */
+  until: number;
+  /** `client-id` of the opening message: that client has not had an update yet. */
+  opener?: string;
+  /** True once the opener got an update of this window (or there is no opener). */
+  openerServed: boolean;
+  /** Outbox id of the trailing update, once something was merged. */
+  trailing: string | null;
 }
 
 /** A pushed message waiting for (or in) fan-out. */
@@ -56,6 +102,12 @@ export interface OutboxMessage {
   /** Last client id fanned out to; null before the first page. */
   cursor: string | null;
   lease: Lease;
+  /** Deliver to this one subscriber only (a window's opener, see `CoalesceWindow`). */
+  only?: string;
+  /** Not to be fanned out before this time (a trailing update waits for its window). */
+  notBefore?: number;
+  /** Set on a trailing update: each subscriber's payload is computed from it. */
+  trailing?: TrailingUpdate;
 }
 
 export type StoredPayload =
@@ -75,15 +127,19 @@ export interface QueuedDelivery {
   attempts: number;
   createdAt: number;
   expiresAt: number;
-  /** For coalesced trailing deliveries: `${app}\u0000${topic}\u0000${clientId}`. */
-  coalesceKey?: string;
   lease?: Lease;
   lastError?: string;
 }
 
-export interface DeadLetter extends QueuedDelivery {
+/**
+ * A delivery given up on (too many attempts, past its TTL, or refused for good), kept and
+ * counted rather than dropped. `clientId: ""` with `remainingAfter` marks a fan-out whose
+ * message expired before it reached every subscriber (those after that cursor).
+ */
+export interface DeadLetter extends Omit<QueuedDelivery, "lease"> {
   deadAt: number;
   why: string;
+  remainingAfter?: string | null;
 }
 
 export type Entry<T> = { key: Deno.KvKey; value: T; versionstamp: string };
@@ -98,11 +154,58 @@ const subExpiryKey = (exp: number, app: string, topic: string, clientId: string)
   ["subx", exp, app, topic, clientId] as const;
 const outboxKey = (id: string) => ["outbox", id] as const;
 const dqKey = (dueAt: number, id: string) => ["dq", dueAt, id] as const;
+const deadKey = (id: string) => ["dead", id] as const;
+const windowKey = (app: string, topic: string) => ["cw", app, topic] as const;
+const workerKey = (owner: string) => ["worker", owner] as const;
 
 /** Subscriptions per atomic: 3 or 4 mutations each stays under KV's 1000. */
 const SUBS_PER_ATOMIC = 200;
+/**
+ * Key bytes per atomic we allow ourselves: KV refuses more than 80 KiB of keys in one atomic
+ * (measured, platform.md §1.1), and a subscription touches up to 4 keys that each repeat app,
+ * topic (up to 256 characters, 1 KiB of UTF-8) and client id.
+ */
+const KEY_BYTES_PER_ATOMIC = 60_000;
+
+const utf8Length = (s: string) => new TextEncoder().encode(s).length;
+
+/** Estimated key bytes of one subscription's keys (sub, subc, subx, and an old subx). */
+function subscriptionKeyBytes(app: string, topic: string, clientId: string): number {
+  return 4 * (utf8Length(app) + utf8Length(topic) + utf8Length(clientId) + 32);
+}
+
+/**
+ * Splits items into batches that respect both a count and a byte budget, so one atomic stays
+ * within KV's mutation and key-size limits whatever the topics' lengths.
+ */
+export function sizedBatches<T>(
+  items: T[],
+  cost: (item: T) => number,
+  budget = KEY_BYTES_PER_ATOMIC,
+  maxCount = SUBS_PER_ATOMIC,
+): T[][] {
+  const batches: T[][] = [];
+  let current: T[] = [];
+  let used = 0;
+  for (const item of items) {
+    const c = cost(item);
+    if (current.length > 0 && (used + c > budget || current.length >= maxCount)) {
+      batches.push(current);
+      current = [];
+      used = 0;
+    }
+    current.push(item);
+    used += c;
+  }
+  if (current.length > 0) batches.push(current);
+  return batches;
+}
 /** KV garbage collection margin after a record's logical expiry. */
 const GC_MARGIN_MS = 3600_000;
+/** Subscriptions per sweep atomic: one check each, and KV allows 100 checks per atomic. */
+const SWEEP_PER_ATOMIC = 100;
+/** How long dead letters are kept. */
+export const DEAD_RETENTION_MS = 7 * 24 * 3600_000;
 
 async function getManyChunked<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
   const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
@@ -197,16 +300,20 @@ export class Store {
         const e of this.kv.list<number>({ prefix: ["subc", clientId] }, { limit: SUBS_PER_ATOMIC })
       ) batch.push(e as Entry<number>);
       if (batch.length === 0) break;
-      const op = this.kv.atomic();
-      for (const e of batch) {
-        const app = e.key[2] as string;
-        const topic = e.key[3] as string;
-        op.delete(e.key).delete(subKey(app, topic, clientId)).delete(
-          subExpiryKey(e.value, app, topic, clientId),
-        );
-        removed.push({ app, topic });
+      const cost = (e: Entry<number>) =>
+        subscriptionKeyBytes(e.key[2] as string, e.key[3] as string, clientId);
+      for (const chunk of sizedBatches(batch, cost)) {
+        const op = this.kv.atomic();
+        for (const e of chunk) {
+          const app = e.key[2] as string;
+          const topic = e.key[3] as string;
+          op.delete(e.key).delete(subKey(app, topic, clientId)).delete(
+            subExpiryKey(e.value, app, topic, clientId),
+          );
+          removed.push({ app, topic });
+        }
+        await op.commit();
       }
-      await op.commit();
     }
     const reg = await this.kv.get<Registration>(regKey(clientId));
     const op = this.kv.atomic().delete(regKey(clientId));
@@ -243,8 +350,8 @@ export class Store {
   ): Promise<string[]> {
     const created: string[] = [];
     const expireIn = Math.max(1, exp - now) + GC_MARGIN_MS;
-    for (let i = 0; i < topics.length; i += SUBS_PER_ATOMIC) {
-      const chunk = topics.slice(i, i + SUBS_PER_ATOMIC);
+    const batches = sizedBatches(topics, (t) => subscriptionKeyBytes(app, t, clientId));
+    for (const chunk of batches) {
       const existing = await getManyChunked<SubscriptionValue>(
         this.kv,
         chunk.map((t) => subKey(app, t, clientId)),
@@ -267,8 +374,7 @@ export class Store {
   /** Removes (app, topic, client) for every topic (CC/CD 70025 §5.2.2 unsubscribe). */
   async removeSubscriptions(app: string, clientId: string, topics: string[]): Promise<number> {
     let removed = 0;
-    for (let i = 0; i < topics.length; i += SUBS_PER_ATOMIC) {
-      const chunk = topics.slice(i, i + SUBS_PER_ATOMIC);
+    for (const chunk of sizedBatches(topics, (t) => subscriptionKeyBytes(app, t, clientId))) {
       const existing = await getManyChunked<SubscriptionValue>(
         this.kv,
         chunk.map((t) => subKey(app, t, clientId)),
@@ -329,47 +435,84 @@ export class Store {
   }
 
   /**
-   * Removes up to `limit` subscriptions whose expiry has passed (CC/CD 70025 §6.2.1.6 MUST).
-   * Idempotent; a refreshed subscription keeps its record and only loses the stale index entry.
+   * Removes up to `limit` subscriptions whose expiry has passed (CC/CD 70025 §6.2.1.6 MUST),
+   * in atomics of at most 100 subscriptions (one check and three deletes each: within KV's
+   * 100 checks and 1000 mutations). Idempotent; a subscription refreshed meanwhile keeps its
+   * record and only loses the stale index entry. Returns how many subscriptions it removed.
    */
   async sweepExpired(now: number, limit: number): Promise<number> {
     const due: Entry<null>[] = [];
     for await (
-      const e of this.kv.list<null>({ start: ["subx"], end: ["subx", now + 1] }, { limit })
+      const e of this.kv.list<null>({ start: ["subx"], end: ["subx", now + 1] }, {
+        limit,
+        batchSize: Math.min(limit, 1000),
+      })
     ) due.push(e as Entry<null>);
     let removed = 0;
-    for (let i = 0; i < due.length; i += SUBS_PER_ATOMIC) {
-      const chunk = due.slice(i, i + SUBS_PER_ATOMIC);
-      const current = await getManyChunked<SubscriptionValue>(
-        this.kv,
-        chunk.map((e) => subKey(e.key[2] as string, e.key[3] as string, e.key[4] as string)),
-      );
-      const op = this.kv.atomic();
-      chunk.forEach((e, j) => {
-        const [, exp, app, topic, clientId] = e.key as [string, number, string, string, string];
-        op.delete(e.key);
-        const sub = current[j];
-        if (sub?.value && sub.value.exp === exp) {
-          op.check(sub as Deno.KvEntry<SubscriptionValue>).delete(sub.key).delete(
-            subClientKey(clientId, app, topic),
-          );
-          removed++;
+    for (let i = 0; i < due.length; i += SWEEP_PER_ATOMIC) {
+      const chunk = due.slice(i, i + SWEEP_PER_ATOMIC);
+      // A refresh racing with the sweep fails the check: read again, a bounded number of times
+      // (what is left is the next run's).
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const current = await getManyChunked<SubscriptionValue>(
+          this.kv,
+          chunk.map((e) => subKey(e.key[2] as string, e.key[3] as string, e.key[4] as string)),
+        );
+        const op = this.kv.atomic();
+        let n = 0;
+        chunk.forEach((e, j) => {
+          const [, exp, app, topic, clientId] = e.key as [string, number, string, string, string];
+          op.delete(e.key);
+          const sub = current[j];
+          if (sub?.value && sub.value.exp === exp) {
+            op.check(sub as Deno.KvEntry<SubscriptionValue>).delete(sub.key).delete(
+              subClientKey(clientId, app, topic),
+            );
+            n++;
+          }
+        });
+        if (await commit(op)) {
+          removed += n;
+          break;
         }
-      });
-      if (!(await commit(op))) i -= SUBS_PER_ATOMIC; // refreshed meanwhile: read again
+      }
     }
     return removed;
   }
 
   // --- outbox -------------------------------------------------------------------------------
 
-  /** Records pushed messages in one atomic: durable before the push is answered. */
-  async putOutbox(messages: OutboxMessage[]): Promise<void> {
-    if (messages.length === 0) return;
+  /**
+   * Records outbox messages and coalescing windows in one atomic, durable before a push is
+   * answered (CC/CD 70025 §5.4). `versionstamp` on an outbox write or a window is checked
+   * (null: must not exist; undefined on an outbox write: a fresh id, not checked). `beat`
+   * refreshes the writer's heartbeat in the same atomic. Returns the commit's versionstamp,
+   * or null when a check failed (another process changed a window meanwhile).
+   */
+  async recordOutbox(write: {
+    outbox: { value: OutboxMessage; versionstamp?: string | null }[];
+    windows?: { app: string; topic: string; value: CoalesceWindow; versionstamp: string | null }[];
+    beat?: { owner: string; value: WorkerBeat };
+  }): Promise<string | null> {
     const op = this.kv.atomic();
-    for (const m of messages) op.set(outboxKey(m.id), m);
+    for (const o of write.outbox) {
+      if (o.versionstamp !== undefined) {
+        op.check({ key: outboxKey(o.value.id), versionstamp: o.versionstamp });
+      }
+      op.set(outboxKey(o.value.id), o.value);
+    }
+    for (const w of write.windows ?? []) {
+      const key = windowKey(w.app, w.topic);
+      op.check({ key, versionstamp: w.versionstamp });
+      op.set(key, w.value, {
+        expireIn: Math.max(1, w.value.until - w.value.openedAt) + GC_MARGIN_MS,
+      });
+    }
+    if (write.beat) {
+      op.set(workerKey(write.beat.owner), write.beat.value, { expireIn: GC_MARGIN_MS });
+    }
     const res = await op.commit();
-    if (!res.ok) throw new StorageError("Cannot record the push: atomic commit failed");
+    return res.ok ? res.versionstamp : null;
   }
 
   async getOutbox(id: string): Promise<Entry<OutboxMessage> | null> {
@@ -377,56 +520,126 @@ export class Store {
     return e.versionstamp === null ? null : (e as Entry<OutboxMessage>);
   }
 
-  async listOutbox(limit: number): Promise<Entry<OutboxMessage>[]> {
-    const out: Entry<OutboxMessage>[] = [];
-    for await (const e of this.kv.list<OutboxMessage>({ prefix: ["outbox"] }, { limit })) {
-      out.push(e as Entry<OutboxMessage>);
-    }
+  /** Outbox messages by id (missing ones are absent from the map). */
+  async getOutboxMany(ids: string[]): Promise<Map<string, Entry<OutboxMessage>>> {
+    const entries = await getManyChunked<OutboxMessage>(this.kv, ids.map((id) => outboxKey(id)));
+    const out = new Map<string, Entry<OutboxMessage>>();
+    for (const e of entries) if (e.value) out.set(e.value.id, e as Entry<OutboxMessage>);
     return out;
   }
 
-  /** Takes over an outbox message if it is unchanged since read. */
+  /** The oldest outbox messages (ids are time-ordered), leased or not. */
+  async listOutbox(limit: number): Promise<Entry<OutboxMessage>[]> {
+    const out: Entry<OutboxMessage>[] = [];
+    for await (
+      const e of this.kv.list<OutboxMessage>({ prefix: ["outbox"] }, {
+        limit,
+        batchSize: Math.min(limit, 1000),
+      })
+    ) out.push(e as Entry<OutboxMessage>);
+    return out;
+  }
+
+  /**
+   * Takes over an outbox message if it is unchanged since read and, when `holder` is given,
+   * the previous holder's heartbeat is unchanged too (it did not come back meanwhile).
+   */
   async claimOutbox(
     entry: Entry<OutboxMessage>,
     lease: Lease,
+    holder?: Deno.KvEntryMaybe<WorkerBeat>,
   ): Promise<Entry<OutboxMessage> | null> {
     const value = { ...entry.value, lease };
-    const res = await this.kv.atomic().check(entry).set(entry.key, value).commit();
+    const op = this.kv.atomic().check(entry);
+    if (holder) op.check(holder);
+    const res = await op.set(entry.key, value).commit();
     return res.ok ? { key: entry.key, value, versionstamp: res.versionstamp } : null;
   }
 
   /**
-   * Advances a fan-out: new cursor and lease, plus the page's queued deliveries (retries,
-   * trailing updates), in one atomic guarded by the lease's versionstamp. `done` deletes the
-   * message instead. Returns null when another process took the message over.
+   * Advances a fan-out: new cursor and lease, plus the queued deliveries (retries) and dead
+   * letters of the subscribers up to that cursor, in one atomic guarded by the versionstamp
+   * of the holder's last write. `done` deletes the message instead. Returns null when another
+   * process took the message over (then nothing is written). `beat` renews the holder's
+   * heartbeat in the same atomic. The engine passes at most 250 deliveries and dead letters per call (KV: 1000
+   * mutations, 800 KiB).
    */
   async advanceOutbox(
     entry: Entry<OutboxMessage>,
     update: { cursor: string | null; lease: Lease; done: boolean },
-    deliveries: QueuedDelivery[],
+    deliveries: QueuedDelivery[] = [],
+    dead: DeadLetter[] = [],
+    beat?: { owner: string; value: WorkerBeat },
   ): Promise<Entry<OutboxMessage> | null> {
     const op = this.kv.atomic().check(entry);
     const value = { ...entry.value, cursor: update.cursor, lease: update.lease };
     if (update.done) op.delete(entry.key);
     else op.set(entry.key, value);
+    if (beat) op.set(workerKey(beat.owner), beat.value, { expireIn: GC_MARGIN_MS });
     for (const d of deliveries) op.set(dqKey(d.dueAt, d.id), d);
+    for (const d of dead) op.set(deadKey(d.id), d, { expireIn: DEAD_RETENTION_MS });
     const res = await op.commit();
     return res.ok ? { key: entry.key, value, versionstamp: res.versionstamp } : null;
   }
 
-  // --- delivery queue -----------------------------------------------------------------------
-
-  async enqueueDeliveries(deliveries: QueuedDelivery[]): Promise<void> {
-    for (let i = 0; i < deliveries.length; i += 500) {
-      const op = this.kv.atomic();
-      for (const d of deliveries.slice(i, i + 500)) op.set(dqKey(d.dueAt, d.id), d);
-      await op.commit();
-    }
+  /** One subscription of a topic, for a fan-out restricted to one client. */
+  async getSubscriber(
+    app: string,
+    topic: string,
+    clientId: string,
+  ): Promise<{ clientId: string; value: SubscriptionValue } | null> {
+    const e = await this.kv.get<SubscriptionValue>(subKey(app, topic, clientId));
+    return e.value ? { clientId, value: e.value } : null;
   }
 
-  /** Replaces a queued delivery's value in place (coalescing merges into a trailing update). */
-  async updateDelivery(d: QueuedDelivery): Promise<void> {
-    await this.kv.set(dqKey(d.dueAt, d.id), d);
+  // --- coalescing windows -------------------------------------------------------------------
+
+  /** The coalescing windows of an app's topics (entries with a null versionstamp when absent). */
+  async getWindows(
+    app: string,
+    topics: string[],
+  ): Promise<Map<string, Deno.KvEntryMaybe<CoalesceWindow>>> {
+    const entries = await getManyChunked<CoalesceWindow>(
+      this.kv,
+      topics.map((t) => windowKey(app, t)),
+    );
+    const out = new Map<string, Deno.KvEntryMaybe<CoalesceWindow>>();
+    topics.forEach((t, i) => out.set(t, entries[i]!));
+    return out;
+  }
+
+  // --- workers (lease holders) --------------------------------------------------------------
+
+  /** Writes a worker's heartbeat: its leases stay valid while `until` lies ahead. */
+  async beat(owner: string, value: WorkerBeat): Promise<void> {
+    await this.kv.set(workerKey(owner), value, { expireIn: GC_MARGIN_MS });
+  }
+
+  /** Heartbeats of the given workers (entries with a null versionstamp when absent). */
+  async getWorkers(owners: string[]): Promise<Map<string, Deno.KvEntryMaybe<WorkerBeat>>> {
+    const entries = await getManyChunked<WorkerBeat>(this.kv, owners.map((o) => workerKey(o)));
+    const out = new Map<string, Deno.KvEntryMaybe<WorkerBeat>>();
+    owners.forEach((o, i) => out.set(o, entries[i]!));
+    return out;
+  }
+
+  /** Removes a worker's heartbeat: whatever it still holds can be taken over at once. */
+  async deleteWorker(owner: string): Promise<void> {
+    await this.kv.delete(workerKey(owner));
+  }
+
+  // --- delivery queue -----------------------------------------------------------------------
+
+  /** Queues one delivery; returns its entry (for the process that goes on to send it). */
+  async putDelivery(d: QueuedDelivery, beat?: { owner: string; value: WorkerBeat }): Promise<
+    Entry<QueuedDelivery>
+  > {
+    const key = dqKey(d.dueAt, d.id);
+    const op = this.kv.atomic().set(key, d);
+    if (beat) op.set(workerKey(beat.owner), beat.value, { expireIn: GC_MARGIN_MS });
+    const res = await op.commit();
+    if (!res.ok) throw new StorageError("Cannot queue the delivery: atomic commit failed");
+    return { key, value: d, versionstamp: res.versionstamp };
   }
 
   async getDelivery(dueAt: number, id: string): Promise<Entry<QueuedDelivery> | null> {
@@ -438,8 +651,20 @@ export class Store {
   async listDueDeliveries(now: number, limit: number): Promise<Entry<QueuedDelivery>[]> {
     const out: Entry<QueuedDelivery>[] = [];
     for await (
-      const e of this.kv.list<QueuedDelivery>({ start: ["dq"], end: ["dq", now + 1] }, { limit })
+      const e of this.kv.list<QueuedDelivery>({ start: ["dq"], end: ["dq", now + 1] }, {
+        limit,
+        batchSize: Math.min(limit, 1000),
+      })
     ) out.push(e as Entry<QueuedDelivery>);
+    return out;
+  }
+
+  /** Every queued delivery, due or not (tests and diagnostics). */
+  async listDeliveries(limit = 10_000): Promise<QueuedDelivery[]> {
+    const out: QueuedDelivery[] = [];
+    for await (const e of this.kv.list<QueuedDelivery>({ prefix: ["dq"] }, { limit })) {
+      out.push(e.value);
+    }
     return out;
   }
 
@@ -452,9 +677,12 @@ export class Store {
   async claimDelivery(
     entry: Entry<QueuedDelivery>,
     lease: Lease,
+    holder?: Deno.KvEntryMaybe<WorkerBeat>,
   ): Promise<Entry<QueuedDelivery> | null> {
     const value = { ...entry.value, lease };
-    const res = await this.kv.atomic().check(entry).set(entry.key, value).commit();
+    const op = this.kv.atomic().check(entry);
+    if (holder) op.check(holder);
+    const res = await op.set(entry.key, value).commit();
     return res.ok ? { key: entry.key, value, versionstamp: res.versionstamp } : null;
   }
 
@@ -465,21 +693,31 @@ export class Store {
   ): Promise<boolean> {
     const op = this.kv.atomic().check(entry).delete(entry.key);
     if (next.retry) op.set(dqKey(next.retry.dueAt, next.retry.id), next.retry);
-    if (next.dead) op.set(["dead", next.dead.id], next.dead);
+    if (next.dead) op.set(deadKey(next.dead.id), next.dead, { expireIn: DEAD_RETENTION_MS });
     return await commit(op);
   }
 
-  /** Records a dead letter for a delivery that was never queued (first attempt of a fan-out). */
-  async finishDeliveryDead(dead: DeadLetter): Promise<void> {
-    await this.kv.set(["dead", dead.id], dead);
+  /** Gives a claimed delivery back unchanged (shutdown): anyone may take it at once. */
+  async releaseDelivery(entry: Entry<QueuedDelivery>): Promise<boolean> {
+    const value = { ...entry.value };
+    delete value.lease;
+    return await commit(this.kv.atomic().check(entry).set(entry.key, value));
   }
 
+  /** Dead letters, oldest first (kept for `DEAD_RETENTION_MS`). */
   async listDeadLetters(limit = 1000): Promise<DeadLetter[]> {
     const out: DeadLetter[] = [];
     for await (const e of this.kv.list<DeadLetter>({ prefix: ["dead"] }, { limit })) {
       out.push(e.value);
     }
     return out;
+  }
+
+  /** Outbox messages and queued deliveries still waiting (tests, health, diagnostics). */
+  async pendingWork(): Promise<{ outbox: number; queued: number }> {
+    let outbox = 0;
+    for await (const _ of this.kv.list({ prefix: ["outbox"] })) outbox++;
+    return { outbox, queued: await this.countDeliveries() };
   }
 
   // --- rate limiting ------------------------------------------------------------------------
@@ -495,5 +733,33 @@ export class Store {
       if (res.ok) return count;
     }
     return Number.MAX_SAFE_INTEGER; // hot contention on one address: treat as over the limit
+  }
+
+  // --- ingress ------------------------------------------------------------------------------
+  // `["ingress-topic", clientId, topic]` → epoch ms at which the newest Web Push ingress message
+  // with that RFC 8030 Topic was accepted for the client (CONTRACT §2.1). A queued ingress
+  // delivery with the same Topic accepted before it is replaced (RFC 8030 §5.4).
+
+  /** Records `at` as the newest acceptance for (client, topic); never moves backwards. */
+  async markIngressTopic(
+    clientId: string,
+    topic: string,
+    at: number,
+    lifetimeMs: number,
+  ): Promise<void> {
+    const key = ["ingress-topic", clientId, topic];
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const e = await this.kv.get<number>(key);
+      if (e.value !== null && e.value >= at) return;
+      const res = await this.kv.atomic().check(e).set(key, at, {
+        expireIn: lifetimeMs + GC_MARGIN_MS,
+      }).commit();
+      if (res.ok) return;
+    }
+  }
+
+  /** When the newest ingress message with this Topic was accepted for the client, if ever. */
+  async getIngressTopic(clientId: string, topic: string): Promise<number | null> {
+    return (await this.kv.get<number>(["ingress-topic", clientId, topic])).value;
   }
 }

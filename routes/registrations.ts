@@ -9,7 +9,7 @@ import type { Context } from "hono";
 import type { AppDeps } from "./mod.ts";
 import { isPlainObject, readJson } from "./body.ts";
 import { RelayError } from "../lib/errors.ts";
-import { validateSubscriptionKeys } from "../lib/crypto/ece.ts";
+import { isP256Point, validateSubscriptionKeys } from "../lib/crypto/ece.ts";
 import { endpointRefusal } from "../lib/targets.ts";
 import { validateFcmToken } from "../lib/transports/fcm.ts";
 import { validateApnsEnvironment, validateApnsToken } from "../lib/transports/apns.ts";
@@ -81,7 +81,9 @@ export function registrationRoutes(deps: AppDeps): Hono {
       }
       let ok = false;
       try {
-        ok = typeof ingressKey === "string" && decodeBase64Url(ingressKey).length === 65;
+        // RFC 8292 §3.2: an uncompressed P-256 point (a 65-byte string that is not one would
+        // make every message to the push resource fail VAPID).
+        ok = typeof ingressKey === "string" && isP256Point(decodeBase64Url(ingressKey));
       } catch { /* refused below */ }
       if (!ok) {
         throw new RelayError(

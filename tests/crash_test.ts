@@ -1,0 +1,93 @@
+/**
+ * Issue 4 crash test: the relay (`main.ts`) runs as a process on a KV file and fans one push
+ * out to 3000 subscriptions on a deliberately slow local push service; it is killed with
+ * SIGKILL half way and started again, and every subscription still gets the message
+ * (CC/CD 70025 §5.4: the application server counts every unlisted topic as delivered).
+ * Duplicates are counted and reported; they are bounded by what was in flight.
+ */
+
+import assert from "node:assert/strict";
+import { startRelayProcess } from "./peers/relay_process.ts";
+import {
+  leftoverWork,
+  seedSubscribers,
+  startCountingPushService,
+  userAgentKeys,
+  waitUntil,
+} from "./fixtures/delivery.ts";
+
+const TOKEN = "crash-test-token-0123456789";
+const SUBSCRIBERS = 3000;
+
+Deno.test("Crash: a relay killed with SIGKILL half way through a 3000-subscriber fan-out loses nothing after a restart", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvPath = `${dir}/relay.sqlite3`;
+  const push = await startCountingPushService({ delayMs: 40 });
+  try {
+    const t0 = performance.now();
+    await seedSubscribers({
+      kvPath,
+      app: "app",
+      topics: ["crash-topic"],
+      count: SUBSCRIBERS,
+      endpoint: push.endpoint,
+      keys: userAgentKeys(),
+    });
+    const seeded = performance.now();
+    const env = {
+      RELAY_KV_PATH: kvPath,
+      RELAY_APPS: `app:${TOKEN}`,
+      RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
+      RELAY_REGISTRATION_RATE_LIMIT: "0",
+      RELAY_COALESCE_MS: "0",
+      // Advanced tuning: a dead process's work is taken over 1.5 s after its last heartbeat
+      // (default 15 s), so the restarted relay resumes quickly.
+      RELAY_LEASE_MS: "1500",
+    };
+    const first = await startRelayProcess(env);
+    const res = await fetch(`${first.url}/gateway`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+      body: JSON.stringify({ push: [{ topic: "crash-topic", timestamp: "2026-11-24T09:15:02Z" }] }),
+    });
+    // The 200 means the work is durable: every unlisted topic counts as delivered.
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { "push-response": {} });
+
+    await waitUntil(() => push.total() >= SUBSCRIBERS / 2, 20_000, "half of the fan-out");
+    await first.kill(); // SIGKILL: no shutdown handler runs
+    const atKill = push.total();
+    const inFlightAtKill = push.inFlight();
+    assert.ok(atKill < SUBSCRIBERS, `the fan-out had already finished (${atKill})`);
+    const killedAt = performance.now();
+
+    const second = await startRelayProcess(env);
+    try {
+      await waitUntil(() => push.counts.size >= SUBSCRIBERS, 30_000, "every subscriber");
+      // Let anything still queued settle, then look for leftovers and duplicates.
+      await new Promise((r) => setTimeout(r, 300));
+    } finally {
+      assert.equal(await second.stop(), 0);
+    }
+    const done = performance.now();
+
+    const missing = [...Array(SUBSCRIBERS).keys()].filter((i) => !push.counts.has(i));
+    const duplicates = [...push.counts.values()].reduce((n, c) => n + c - 1, 0);
+    const maxPerEndpoint = Math.max(...push.counts.values());
+    console.log(
+      `crash test: ${SUBSCRIBERS} subscribers, seeded in ${Math.round(seeded - t0)} ms; ` +
+        `killed after ${atKill} deliveries (${inFlightAtKill} in flight); restart finished ` +
+        `the rest in ${Math.round(done - killedAt)} ms; missing ${missing.length}, ` +
+        `duplicates ${duplicates}, max per endpoint ${maxPerEndpoint}`,
+    );
+    assert.deepEqual(missing, []);
+    // At least once, duplicates limited to what was in flight: the sends running at the kill
+    // (64 per fan-out) plus those finished since the last cursor commit (every 100 or 250 ms).
+    assert.ok(duplicates <= 400, `${duplicates} duplicates`);
+    assert.ok(maxPerEndpoint <= 2);
+    assert.deepEqual(await leftoverWork(kvPath), { outbox: 0, queued: 0 });
+  } finally {
+    await push.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
