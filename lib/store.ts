@@ -15,6 +15,10 @@
  * - `["dq", dueAt, id]` → QueuedDelivery: one delivery to one client (acks, retries, ingress)
  * - `["dead", id]` → DeadLetter, kept for 7 days
  * - `["worker", owner]` → WorkerBeat: a process's heartbeat; its leases are valid while it beats
+ * - `["ingress", id]` → the client behind a Web Push ingress id, and whether it is gone
+ * - `["ingress-topic", clientId, topic]` → when the newest ingress message with that `Topic`
+ *   was accepted (older undelivered ones are replaced, RFC 8030 §5.4)
+ * - `["rl", subject, minute]` → registrations counted in one rate-limit window
  *
  * Expiry is stored in values and checked on read: KV `expireIn` only collects garbage (it
  * lags by up to a minute locally).
@@ -544,16 +548,12 @@ export class Store {
    * Takes over an outbox message if it is unchanged since read and, when `holder` is given,
    * the previous holder's heartbeat is unchanged too (it did not come back meanwhile).
    */
-  async claimOutbox(
+  claimOutbox(
     entry: Entry<OutboxMessage>,
     lease: Lease,
     holder?: Deno.KvEntryMaybe<WorkerBeat>,
   ): Promise<Entry<OutboxMessage> | null> {
-    const value = { ...entry.value, lease };
-    const op = this.kv.atomic().check(entry);
-    if (holder) op.check(holder);
-    const res = await op.set(entry.key, value).commit();
-    return res.ok ? { key: entry.key, value, versionstamp: res.versionstamp } : null;
+    return this.claim(entry, lease, holder);
   }
 
   /**
@@ -674,11 +674,20 @@ export class Store {
     return n;
   }
 
-  async claimDelivery(
+  claimDelivery(
     entry: Entry<QueuedDelivery>,
     lease: Lease,
     holder?: Deno.KvEntryMaybe<WorkerBeat>,
   ): Promise<Entry<QueuedDelivery> | null> {
+    return this.claim(entry, lease, holder);
+  }
+
+  /** Sets a new lease on a record if it, and the previous holder's heartbeat, are unchanged. */
+  private async claim<T extends { lease?: Lease }>(
+    entry: Entry<T>,
+    lease: Lease,
+    holder?: Deno.KvEntryMaybe<WorkerBeat>,
+  ): Promise<Entry<T> | null> {
     const value = { ...entry.value, lease };
     const op = this.kv.atomic().check(entry);
     if (holder) op.check(holder);

@@ -30,6 +30,7 @@ Deno.test("loadConfig() with no environment gives the contract's defaults (dev m
   assert.equal(c.allowPrivateEndpoints, false);
   assert.equal(c.fcm, null);
   assert.equal(c.apns, null);
+  assert.equal(c.leaseMs, 15_000);
   const https = loadConfig({ RELAY_PUBLIC_URL: "https://push.example.org/", PORT: "9000" });
   assert.equal(https.publicUrl, "https://push.example.org");
   assert.equal(https.vapidSubject, "https://push.example.org");
@@ -74,6 +75,7 @@ Deno.test("Bad keys, URLs and numbers name their variable", () => {
   refused({ RELAY_COALESCE_MS: "1.5" }, "RELAY_COALESCE_MS");
   refused({ RELAY_ALLOW_PRIVATE_ENDPOINTS: "yes" }, "RELAY_ALLOW_PRIVATE_ENDPOINTS");
   refused({ RELAY_VAPID_SUBJECT: "someone" }, "RELAY_VAPID_SUBJECT");
+  refused({ RELAY_LEASE_MS: "10" }, "RELAY_LEASE_MS");
   refused({ RELAY_FCM_SERVICE_ACCOUNT: "{not json" }, "RELAY_FCM_SERVICE_ACCOUNT");
   refused({ RELAY_APNS_KEY: "x" }, "RELAY_APNS_KEY_ID");
   refused({

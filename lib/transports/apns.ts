@@ -14,7 +14,13 @@
  */
 
 import { encodeBase64Url, utf8 } from "../encoding.ts";
-import { importEs256Pkcs8, pemToDer, signJwt } from "../crypto/jwt.ts";
+import {
+  importEs256Pkcs8,
+  includesBytes,
+  isCompleteDerSequence,
+  pemToDer,
+  signJwt,
+} from "../crypto/jwt.ts";
 import { type Logger, silentLogger } from "../log.ts";
 import {
   type DeliveryOutcome,
@@ -66,26 +72,6 @@ export function validateApnsKey(pem: string): string {
     throw new Error("RELAY_APNS_KEY is not a complete PKCS#8 P-256 (ES256) private key");
   }
   return normalised;
-}
-
-/** True when `der` is one DER SEQUENCE whose length covers exactly the whole input. */
-function isCompleteDerSequence(der: Uint8Array): boolean {
-  if (der.length < 2 || der[0] !== 0x30) return false;
-  const first = der[1]!;
-  if (first < 0x80) return 2 + first === der.length;
-  const n = first & 0x7f;
-  if (n === 0 || n > 4 || der.length < 2 + n) return false;
-  let length = 0;
-  for (let i = 0; i < n; i++) length = length * 256 + der[2 + i]!;
-  return 2 + n + length === der.length;
-}
-
-function includesBytes(haystack: Uint8Array, needle: readonly number[]): boolean {
-  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return true;
-  }
-  return false;
 }
 
 /**

@@ -12,7 +12,13 @@
  */
 
 import { encodeBase64Url } from "../encoding.ts";
-import { importRs256Pkcs8, pemToDer, signJwt } from "../crypto/jwt.ts";
+import {
+  importRs256Pkcs8,
+  includesBytes,
+  isCompleteDerSequence,
+  pemToDer,
+  signJwt,
+} from "../crypto/jwt.ts";
 import { type Logger, silentLogger } from "../log.ts";
 import {
   type DeliveryOutcome,
@@ -112,26 +118,6 @@ export function parseServiceAccount(json: string): ServiceAccount {
     account.privateKeyId = obj.private_key_id;
   }
   return account;
-}
-
-/** True when `der` is one DER SEQUENCE whose length covers exactly the whole input. */
-function isCompleteDerSequence(der: Uint8Array): boolean {
-  if (der.length < 2 || der[0] !== 0x30) return false;
-  const first = der[1]!;
-  if (first < 0x80) return 2 + first === der.length;
-  const n = first & 0x7f;
-  if (n === 0 || n > 4 || der.length < 2 + n) return false;
-  let length = 0;
-  for (let i = 0; i < n; i++) length = length * 256 + der[2 + i]!;
-  return 2 + n + length === der.length;
-}
-
-function includesBytes(haystack: Uint8Array, needle: readonly number[]): boolean {
-  outer: for (let i = 0; i + needle.length <= haystack.length; i++) {
-    for (let j = 0; j < needle.length; j++) if (haystack[i + j] !== needle[j]) continue outer;
-    return true;
-  }
-  return false;
 }
 
 /**
