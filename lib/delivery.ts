@@ -184,6 +184,8 @@ export function trailingFor(
 const MAX_ORIGINS = 16;
 /** Topics per accept atomic with coalescing (≤ 2 checks each; KV allows 100). */
 const TOPICS_PER_ATOMIC = 20;
+/** Messages gathered into one group commit of pushes at most (one request is never split). */
+const GROUP_COMMIT_MESSAGES = 1000;
 /** Records per accept atomic (KV: 1000 mutations). */
 const RECORDS_PER_ATOMIC = 400;
 /** Estimated bytes per accept atomic (KV: 800 KiB). */
@@ -404,6 +406,14 @@ export class DeliveryEngine {
   private readonly inFlight = new Set<Promise<unknown>>();
   /** Work this process holds: `o:<outbox id>` and `q:<dq key>`. */
   private readonly active = new Set<string>();
+  /** Pushes waiting for the next group commit (see `drainAccepts`). */
+  private readonly accepting: {
+    app: string;
+    messages: PushMessage[];
+    resolve: () => void;
+    reject: (err: unknown) => void;
+  }[] = [];
+  private draining = false;
   private readonly abort = new AbortController();
   private readonly since: number;
   private stopping = false;
@@ -499,8 +509,54 @@ export class DeliveryEngine {
    * Records messages durably in the outbox, then starts their fan-out at once without waiting
    * for it. Resolves when the record is durable; throws (and the push fails) otherwise.
    */
-  async accept(app: string, messages: PushMessage[]): Promise<void> {
-    if (messages.length === 0) return;
+  accept(app: string, messages: PushMessage[]): Promise<void> {
+    if (messages.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.accepting.push({ app, messages, resolve, reject });
+      if (!this.draining) void this.drainAccepts();
+    });
+  }
+
+  /**
+   * Group commit (issue 5): pushes that arrive while a record is being written are recorded
+   * together in the next atomic(s), one KV commit (and one fsync) for many requests instead
+   * of one each, and same-topic pushes no longer race each other's coalescing window checks.
+   * Each request still resolves only once its own messages are durable, and fails with the
+   * commit that carried them. Merging requests is what one request with several messages
+   * already does: the coalescing plan treats the messages of a topic in arrival order.
+   */
+  private async drainAccepts(): Promise<void> {
+    this.draining = true;
+    try {
+      while (this.accepting.length > 0) {
+        let n = 0;
+        let take = 0;
+        while (take < this.accepting.length && (take === 0 || n < GROUP_COMMIT_MESSAGES)) {
+          n += this.accepting[take]!.messages.length;
+          take++;
+        }
+        const batch = this.accepting.splice(0, take);
+        const byApp = new Map<string, typeof batch>();
+        for (const req of batch) {
+          const list = byApp.get(req.app);
+          if (list) list.push(req);
+          else byApp.set(req.app, [req]);
+        }
+        await Promise.all([...byApp].map(async ([app, reqs]) => {
+          try {
+            await this.acceptNow(app, reqs.flatMap((r) => r.messages));
+            for (const r of reqs) r.resolve();
+          } catch (err) {
+            for (const r of reqs) r.reject(err);
+          }
+        }));
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private async acceptNow(app: string, messages: PushMessage[]): Promise<void> {
     if (this.coalesceMs <= 0) {
       for (const chunk of chunked(messages, RECORDS_PER_ATOMIC, BYTES_PER_ATOMIC, recordBytes)) {
         await this.acceptPlain(app, chunk);
@@ -726,6 +782,12 @@ export class DeliveryEngine {
     let entry = start;
     const m = entry.value;
     const collapseKey = await this.sealer.topicHash(m.app, m.topic);
+    // Every subscriber of a plain message gets the same payload: one object, so a transport
+    // serialises it once per message (issue 5), not once per subscriber.
+    const shared: StoredPayload | null = m.trailing ? null : {
+      kind: "json",
+      data: updatePayload({ topic: m.topic, timestamp: m.timestamp, priority: m.priority }),
+    };
     const pending: FanOutItem[] = [];
     const sem = new Semaphore(this.sendConcurrency);
     const running = new Set<Promise<void>>();
@@ -801,6 +863,10 @@ export class DeliveryEngine {
       } else {
         page = await this.store.listSubscribers(m.app, m.topic, after, this.pageSize);
       }
+      // One getMany per 10 subscribers instead of one get each (issue 5: batch KV reads).
+      const regs = page.length > 0
+        ? await this.store.getRegistrations(page.map((s) => s.clientId))
+        : new Map<string, Registration>();
       for (const s of page) {
         await sem.acquire();
         if (!this.stopping && !lost && !broken && this.now() >= this.beatUntil) {
@@ -819,7 +885,14 @@ export class DeliveryEngine {
           dead: null,
         };
         pending.push(item);
-        const p: Promise<void> = this.deliverOne(m, collapseKey, s, item).then(
+        const p: Promise<void> = this.deliverOne(
+          m,
+          collapseKey,
+          s,
+          item,
+          regs.get(s.clientId) ?? null,
+          shared,
+        ).then(
           () => {
             item.state = "done";
           },
@@ -890,6 +963,8 @@ export class DeliveryEngine {
     collapseKey: string,
     s: { clientId: string; value: SubscriptionValue },
     item: FanOutItem,
+    prefetched: Registration | null,
+    shared: StoredPayload | null,
   ): Promise<void> {
     const now = this.now();
     // CC/CD 70025 §6.2.2.1: a subscription is void after its expiry.
@@ -904,13 +979,14 @@ export class DeliveryEngine {
       if (sameClient(s.clientId, m.clientId)) return;
       fields = { timestamp: m.timestamp, priority: m.priority };
     }
-    const reg = await this.store.getRegistration(s.clientId);
+    // Read with its page; read again only when it was missing then.
+    const reg = prefetched ?? await this.store.getRegistration(s.clientId);
     if (!reg) {
       // Subscriptions whose registration is gone (a race with pruning): clean them up.
       await this.store.removeClient(s.clientId, null);
       return;
     }
-    const payload: StoredPayload = {
+    const payload: StoredPayload = shared ?? {
       kind: "json",
       data: updatePayload({ topic: m.topic, ...fields }),
     };

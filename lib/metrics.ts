@@ -1,6 +1,7 @@
 /**
  * In-process metrics in the Prometheus text exposition format (version 0.0.4): counters and
- * gauges with labels, and histograms. Per isolate: on Deno Deploy each isolate reports its own.
+ * gauges with labels, and histograms. Per isolate: on Deno Deploy each isolate reports its own,
+ * except `relay_subscriptions_active`, which is read from KV (one key) at each scrape.
  *
  * @module
  */
@@ -12,8 +13,22 @@ function labelKey(labels: Labels): string {
   return keys.map((k) => `${k}="${escapeLabel(labels[k]!)}"`).join(",");
 }
 
+/** Prometheus text format: a label value escapes `\`, `"` and newlines. */
 function escapeLabel(v: string): string {
   return v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll('"', '\\"');
+}
+
+/** Prometheus text format: HELP text escapes `\` and newlines. */
+function escapeHelp(v: string): string {
+  return v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n");
+}
+
+/** A number as Prometheus writes it (`+Inf`, `-Inf`, `NaN`). */
+function formatValue(v: number): string {
+  if (Number.isNaN(v)) return "NaN";
+  if (v === Infinity) return "+Inf";
+  if (v === -Infinity) return "-Inf";
+  return String(v);
 }
 
 interface Metric {
@@ -21,6 +36,11 @@ interface Metric {
   help: string;
   type: "counter" | "gauge" | "histogram";
   render(): string[];
+}
+
+function renderSeries(name: string, values: Map<string, number>): string[] {
+  if (values.size === 0) return [`${name} 0`];
+  return [...values].map(([k, v]) => `${name}${k ? `{${k}}` : ""} ${formatValue(v)}`);
 }
 
 export class Counter implements Metric {
@@ -31,12 +51,16 @@ export class Counter implements Metric {
     const k = labelKey(labels);
     this.values.set(k, (this.values.get(k) ?? 0) + by);
   }
+  /** Makes a series exist at 0, so that `rate()` sees it before its first increment. */
+  declare(labels: Labels): void {
+    const k = labelKey(labels);
+    if (!this.values.has(k)) this.values.set(k, 0);
+  }
   get(labels: Labels = {}): number {
     return this.values.get(labelKey(labels)) ?? 0;
   }
   render(): string[] {
-    if (this.values.size === 0) return [`${this.name} 0`];
-    return [...this.values].map(([k, v]) => `${this.name}${k ? `{${k}}` : ""} ${v}`);
+    return renderSeries(this.name, this.values);
   }
 }
 
@@ -47,10 +71,12 @@ export class Gauge implements Metric {
   set(value: number, labels: Labels = {}): void {
     this.values.set(labelKey(labels), value);
   }
+  get(labels: Labels = {}): number {
+    return this.values.get(labelKey(labels)) ?? 0;
+  }
   render(): string[] {
-    if (this.collect) return [`${this.name} ${this.collect()}`];
-    if (this.values.size === 0) return [`${this.name} 0`];
-    return [...this.values].map(([k, v]) => `${this.name}${k ? `{${k}}` : ""} ${v}`);
+    if (this.collect) return [`${this.name} ${formatValue(this.collect())}`];
+    return renderSeries(this.name, this.values);
   }
 }
 
@@ -65,6 +91,7 @@ export class Histogram implements Metric {
       s = { counts: this.buckets.map(() => 0), sum: 0, count: 0 };
       this.series.set(k, s);
     }
+    // Buckets are cumulative: a value counts in every bucket whose bound it does not exceed.
     for (let i = 0; i < this.buckets.length; i++) if (value <= this.buckets[i]!) s.counts[i]!++;
     s.sum += value;
     s.count++;
@@ -77,13 +104,31 @@ export class Histogram implements Metric {
     for (const [k, s] of series) {
       const sep = k ? `${k},` : "";
       this.buckets.forEach((b, i) =>
-        lines.push(`${this.name}_bucket{${sep}le="${b}"} ${s.counts[i]}`)
+        lines.push(`${this.name}_bucket{${sep}le="${formatValue(b)}"} ${s.counts[i]}`)
       );
       lines.push(`${this.name}_bucket{${sep}le="+Inf"} ${s.count}`);
-      lines.push(`${this.name}_sum${k ? `{${k}}` : ""} ${s.sum}`);
+      lines.push(`${this.name}_sum${k ? `{${k}}` : ""} ${formatValue(s.sum)}`);
       lines.push(`${this.name}_count${k ? `{${k}}` : ""} ${s.count}`);
     }
     return lines;
+  }
+}
+
+/** Delivery outcomes every configured transport reports from the start (at 0). */
+export const DELIVERY_OUTCOMES = [
+  "delivered",
+  "pruned",
+  "retried",
+  "dead_lettered",
+  "failed",
+] as const;
+
+/** Resident memory of this process, or NaN where the platform does not say. */
+function residentBytes(): number {
+  try {
+    return Deno.memoryUsage().rss;
+  } catch {
+    return NaN;
   }
 }
 
@@ -95,11 +140,11 @@ export class Metrics {
   );
   readonly deliveries = new Counter(
     "relay_deliveries_total",
-    "Delivery attempts by transport and outcome (delivered, pruned, retried, failed, dead_lettered, coalesced).",
+    "Deliveries by transport and outcome: delivered, pruned (the push service said the device is gone), retried, dead_lettered, failed, replaced (an ingress message superseded by a newer one with its Topic), short_circuited (an open circuit breaker), coalesced (transport any).",
   );
   readonly subscriptionsActive = new Gauge(
     "relay_subscriptions_active",
-    "Active subscriptions, as last counted by the expiry sweep.",
+    "Subscriptions stored across all apps and processes (a counter kept in KV); expired ones count until the expiry sweep removes them.",
   );
   readonly deliveryLatency = new Histogram(
     "relay_delivery_latency_seconds",
@@ -110,6 +155,18 @@ export class Metrics {
     "relay_http_requests_total",
     "HTTP requests by status class.",
   );
+  readonly residentMemory = new Gauge(
+    "process_resident_memory_bytes",
+    "Resident memory size in bytes.",
+    residentBytes,
+  );
+
+  /** `transports`: the configured transports, whose delivery series exist from the start. */
+  constructor(transports: readonly string[] = []) {
+    for (const transport of transports) {
+      for (const outcome of DELIVERY_OUTCOMES) this.deliveries.declare({ transport, outcome });
+    }
+  }
 
   render(): string {
     const out: string[] = [];
@@ -120,9 +177,14 @@ export class Metrics {
         this.subscriptionsActive,
         this.deliveryLatency,
         this.httpRequests,
+        this.residentMemory,
       ] as Metric[]
     ) {
-      out.push(`# HELP ${m.name} ${m.help}`, `# TYPE ${m.name} ${m.type}`, ...m.render());
+      out.push(
+        `# HELP ${m.name} ${escapeHelp(m.help)}`,
+        `# TYPE ${m.name} ${m.type}`,
+        ...m.render(),
+      );
     }
     return out.join("\n") + "\n";
   }

@@ -10,6 +10,7 @@
 import type { Hono } from "hono";
 import type { AppConfig, Config } from "./config.ts";
 import { createEphemeralKeyPool } from "./crypto/ece.ts";
+import { createEncryptionPool } from "./crypto/ece_pool.ts";
 import { createVapid, generateVapidKeys, type VapidKeys } from "./crypto/vapid.ts";
 import { DeliveryEngine, type DeliveryEngineOptions } from "./delivery.ts";
 import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./encoding.ts";
@@ -90,7 +91,11 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const logger = options.logger ?? consoleLogger();
   const doFetch = options.fetch ?? fetch;
   const store = new Store(kv);
-  const metrics = new Metrics();
+  const metrics = new Metrics([
+    "web-push",
+    ...(config.fcm ? ["fcm"] : []),
+    ...(config.apns ? ["apns"] : []),
+  ]);
   // Two processes opening one fresh SQLite file at the same moment can meet "database is
   // locked" on their first writes: try a few times before giving up.
   let secrets: Awaited<ReturnType<typeof loadSecrets>> | undefined;
@@ -110,13 +115,16 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const infos: TransportInfo[] = [];
   const uri = (id: TransportId) => `${config.publicUrl}/transports/${id}`;
 
+  const keyPool = createEphemeralKeyPool();
   const vapidSigner = await createVapid({ ...vapid, subject: config.vapidSubject, now });
   transports["web-push"] = bounded(
     createWebPushTransport({
       vapid: vapidSigner,
       now,
       fetch: doFetch,
-      keyPool: createEphemeralKeyPool(),
+      keyPool,
+      // Issue 5: a fan-out encrypts in workers so that every core works (BENCHMARKS.md).
+      encryptor: createEncryptionPool({ keyPool }),
       timeoutMs,
     }),
     { concurrency: 256, timeoutMs },

@@ -19,6 +19,9 @@
  * - `["ingress-topic", clientId, topic]` → when the newest ingress message with that `Topic`
  *   was accepted (older undelivered ones are replaced, RFC 8030 §5.4)
  * - `["rl", subject, minute]` → registrations counted in one rate-limit window
+ * - `["stat", "subscriptions"]` → Deno.KvU64: how many `["sub", ...]` records exist, kept in
+ *   the same atomics that create and delete them, so `GET /metrics` reads one key instead of
+ *   scanning (issue 5)
  *
  * Expiry is stored in values and checked on read: KV `expireIn` only collects garbage (it
  * lags by up to a minute locally).
@@ -161,6 +164,20 @@ const dqKey = (dueAt: number, id: string) => ["dq", dueAt, id] as const;
 const deadKey = (id: string) => ["dead", id] as const;
 const windowKey = (app: string, topic: string) => ["cw", app, topic] as const;
 const workerKey = (owner: string) => ["worker", owner] as const;
+const SUB_COUNT_KEY = ["stat", "subscriptions"] as const;
+const U64 = 1n << 64n;
+
+/** Adds `delta` (which may be negative: KV's sum on a KvU64 wraps modulo 2^64) to the count. */
+function countSubscriptions(op: Deno.AtomicOperation, delta: number): void {
+  if (delta === 0) return;
+  const d = BigInt(delta);
+  op.sum(SUB_COUNT_KEY, d > 0n ? d : U64 + d);
+}
+
+/** Subscriptions per atomic where each is checked: KV allows 100 checks per atomic. */
+const CHECKED_SUBS_PER_ATOMIC = 100;
+/** Attempts of a checked subscription write before it gives up (only under heavy contention). */
+const CHECKED_ATTEMPTS = 10;
 
 /** Subscriptions per atomic: 3 or 4 mutations each stays under KV's 1000. */
 const SUBS_PER_ATOMIC = 200;
@@ -222,8 +239,16 @@ async function commit(op: Deno.AtomicOperation): Promise<boolean> {
   return res.ok;
 }
 
+interface ActiveWaiter {
+  now: number;
+  resolve: (active: boolean) => void;
+  reject: (err: unknown) => void;
+}
+
 /** The relay's storage API. Every method converts KV failures into `StorageError`. */
 export class Store {
+  /** Callers waiting for the next shared read of a topic (see `hasActiveSubscriber`). */
+  private readonly activeReads = new Map<string, ActiveWaiter[]>();
   constructor(readonly kv: Deno.Kv) {
     // Wrap every method so a closed or failing KV surfaces as StorageError (CONTRACT §3: 503).
     for (const name of Object.getOwnPropertyNames(Store.prototype)) {
@@ -305,18 +330,25 @@ export class Store {
       ) batch.push(e as Entry<number>);
       if (batch.length === 0) break;
       const cost = (e: Entry<number>) =>
-        subscriptionKeyBytes(e.key[2] as string, e.key[3] as string, clientId);
-      for (const chunk of sizedBatches(batch, cost)) {
+        (subscriptionKeyBytes(e.key[2] as string, e.key[3] as string, clientId) * 5) / 4;
+      const batches = sizedBatches(batch, cost, KEY_BYTES_PER_ATOMIC, CHECKED_SUBS_PER_ATOMIC);
+      for (const chunk of batches) {
         const op = this.kv.atomic();
         for (const e of chunk) {
           const app = e.key[2] as string;
           const topic = e.key[3] as string;
-          op.delete(e.key).delete(subKey(app, topic, clientId)).delete(
+          // Checked: a racing removal of the same client must not count these twice. When the
+          // check fails, the next round of the loop lists what is left.
+          op.check(e).delete(e.key).delete(subKey(app, topic, clientId)).delete(
             subExpiryKey(e.value, app, topic, clientId),
           );
-          removed.push({ app, topic });
         }
-        await op.commit();
+        countSubscriptions(op, -chunk.length);
+        if (await commit(op)) {
+          for (const e of chunk) {
+            removed.push({ app: e.key[2] as string, topic: e.key[3] as string });
+          }
+        }
       }
     }
     const reg = await this.kv.get<Registration>(regKey(clientId));
@@ -354,23 +386,44 @@ export class Store {
   ): Promise<string[]> {
     const created: string[] = [];
     const expireIn = Math.max(1, exp - now) + GC_MARGIN_MS;
-    const batches = sizedBatches(topics, (t) => subscriptionKeyBytes(app, t, clientId));
+    // Each subscription's record is checked (so the subscription count stays exact when two
+    // writers race): five keys per subscription, at most 100 checks per atomic.
+    const batches = sizedBatches(
+      topics,
+      (t) => (subscriptionKeyBytes(app, t, clientId) * 5) / 4,
+      KEY_BYTES_PER_ATOMIC,
+      CHECKED_SUBS_PER_ATOMIC,
+    );
     for (const chunk of batches) {
-      const existing = await getManyChunked<SubscriptionValue>(
-        this.kv,
-        chunk.map((t) => subKey(app, t, clientId)),
-      );
-      const op = this.kv.atomic();
-      chunk.forEach((topic, j) => {
-        const old = existing[j]?.value;
-        if (old) op.delete(subExpiryKey(old.exp, app, topic, clientId));
-        if (!old || old.exp <= now) created.push(topic);
-        const value: SubscriptionValue = { exp, tr: transport };
-        op.set(subKey(app, topic, clientId), value, { expireIn })
-          .set(subClientKey(clientId, app, topic), exp, { expireIn })
-          .set(subExpiryKey(exp, app, topic, clientId), null, { expireIn });
-      });
-      await op.commit();
+      for (let attempt = 1;; attempt++) {
+        const existing = await getManyChunked<SubscriptionValue>(
+          this.kv,
+          chunk.map((t) => subKey(app, t, clientId)),
+        );
+        const op = this.kv.atomic();
+        const fresh: string[] = [];
+        let added = 0;
+        chunk.forEach((topic, j) => {
+          const e = existing[j]!;
+          const old = e.value;
+          op.check(e);
+          if (old) op.delete(subExpiryKey(old.exp, app, topic, clientId));
+          else added++;
+          if (!old || old.exp <= now) fresh.push(topic);
+          const value: SubscriptionValue = { exp, tr: transport };
+          op.set(subKey(app, topic, clientId), value, { expireIn })
+            .set(subClientKey(clientId, app, topic), exp, { expireIn })
+            .set(subExpiryKey(exp, app, topic, clientId), null, { expireIn });
+        });
+        countSubscriptions(op, added);
+        if (await commit(op)) {
+          created.push(...fresh);
+          break;
+        }
+        if (attempt >= CHECKED_ATTEMPTS) {
+          throw new StorageError("Cannot record the subscriptions: too much contention");
+        }
+      }
     }
     return created;
   }
@@ -378,35 +431,95 @@ export class Store {
   /** Removes (app, topic, client) for every topic (CC/CD 70025 §5.2.2 unsubscribe). */
   async removeSubscriptions(app: string, clientId: string, topics: string[]): Promise<number> {
     let removed = 0;
-    for (const chunk of sizedBatches(topics, (t) => subscriptionKeyBytes(app, t, clientId))) {
-      const existing = await getManyChunked<SubscriptionValue>(
-        this.kv,
-        chunk.map((t) => subKey(app, t, clientId)),
-      );
-      const op = this.kv.atomic();
-      chunk.forEach((topic, j) => {
-        const old = existing[j]?.value;
-        if (!old) return;
-        removed++;
-        op.delete(subKey(app, topic, clientId)).delete(subClientKey(clientId, app, topic)).delete(
-          subExpiryKey(old.exp, app, topic, clientId),
+    const batches = sizedBatches(
+      topics,
+      (t) => (subscriptionKeyBytes(app, t, clientId) * 5) / 4,
+      KEY_BYTES_PER_ATOMIC,
+      CHECKED_SUBS_PER_ATOMIC,
+    );
+    for (const chunk of batches) {
+      for (let attempt = 1;; attempt++) {
+        const existing = await getManyChunked<SubscriptionValue>(
+          this.kv,
+          chunk.map((t) => subKey(app, t, clientId)),
         );
-      });
-      await op.commit();
+        const op = this.kv.atomic();
+        let n = 0;
+        chunk.forEach((topic, j) => {
+          const e = existing[j]!;
+          const old = e.value;
+          if (!old) return;
+          n++;
+          // Checked, so that a racing removal does not count the same subscription twice.
+          op.check(e).delete(subKey(app, topic, clientId)).delete(
+            subClientKey(clientId, app, topic),
+          ).delete(subExpiryKey(old.exp, app, topic, clientId));
+        });
+        if (n === 0) break;
+        countSubscriptions(op, -n);
+        if (await commit(op)) {
+          removed += n;
+          break;
+        }
+        if (attempt >= CHECKED_ATTEMPTS) {
+          throw new StorageError("Cannot remove the subscriptions: too much contention");
+        }
+      }
     }
     return removed;
   }
 
+  /**
+   * How many subscriptions are stored (active ones, plus expired ones the sweep has not
+   * reached yet): one read of a counter kept in the same atomics as the records, never a scan.
+   */
+  async countSubscriptions(): Promise<number> {
+    const e = await this.kv.get<Deno.KvU64>(SUB_COUNT_KEY);
+    const v = e.value?.value ?? 0n;
+    // A wrapped (negative) count could only come from records KV's expiry collected before the
+    // sweep saw them; report 0 rather than 2^64 - n.
+    return v >= U64 / 2n ? 0 : Number(v);
+  }
+
   /** True when (app, topic) has at least one unexpired subscription. */
-  async hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
-    for await (
-      const e of this.kv.list<SubscriptionValue>({ prefix: ["sub", app, topic] }, {
-        batchSize: 100,
-      })
-    ) {
-      if (e.value.exp > now) return true;
+  hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
+    // Concurrent calls for one topic share a read that starts after all of them were made (so
+    // none sees older data than a read of its own would) instead of one read each: under load
+    // every KV read waits for the commit in progress (issue 5, measured in BENCHMARKS.md).
+    const key = `${app}\u0000${topic}`;
+    return new Promise<boolean>((resolve, reject) => {
+      const waiter = { now, resolve, reject };
+      const running = this.activeReads.get(key);
+      if (running) running.push(waiter);
+      else {
+        this.activeReads.set(key, []);
+        void this.readActive(key, app, topic, [waiter]);
+      }
+    });
+  }
+
+  private async readActive(key: string, app: string, topic: string, batch: ActiveWaiter[]) {
+    try {
+      const latest = Math.max(...batch.map((w) => w.now));
+      let maxExp = -Infinity;
+      for await (
+        const e of this.kv.list<SubscriptionValue>({ prefix: ["sub", app, topic] }, {
+          batchSize: 100,
+        })
+      ) {
+        maxExp = Math.max(maxExp, e.value.exp);
+        if (maxExp > latest) break;
+      }
+      for (const w of batch) w.resolve(maxExp > w.now);
+    } catch (err) {
+      for (const w of batch) w.reject(err);
     }
-    return false;
+    const next = this.activeReads.get(key) ?? [];
+    if (next.length === 0) this.activeReads.delete(key);
+    else {
+      this.activeReads.set(key, []);
+      void this.readActive(key, app, topic, next);
+    }
   }
 
   /** One page of a topic's subscribers in client-id order, after `after`. Includes expired ones. */
@@ -475,6 +588,7 @@ export class Store {
             n++;
           }
         });
+        countSubscriptions(op, -n);
         if (await commit(op)) {
           removed += n;
           break;

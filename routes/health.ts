@@ -13,12 +13,15 @@ export function healthRoutes(deps: AppDeps): Hono {
     await deps.store.ping(); // throws StorageError → 503 via onError
     return c.json({ status: "ok" });
   });
-  app.get(
-    "/metrics",
-    (c) =>
-      c.body(deps.metrics.render(), 200, {
-        "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
-      }),
-  );
+  app.get("/metrics", async (c) => {
+    // One KV read per scrape (a counter kept with the records, lib/store.ts), never a scan.
+    // When storage does not answer, the other metrics are still served, with the last count.
+    try {
+      deps.metrics.subscriptionsActive.set(await deps.store.countSubscriptions());
+    } catch { /* storage trouble shows in /healthz and the request log */ }
+    return c.body(deps.metrics.render(), 200, {
+      "Content-Type": "text/plain; version=0.0.4; charset=utf-8",
+    });
+  });
   return app;
 }

@@ -262,6 +262,26 @@ export type SubscriptionKeysCheck =
 export async function validateSubscriptionKeys(
   keys: { p256dh: unknown; auth: unknown },
 ): Promise<SubscriptionKeysCheck> {
+  const shape = decodeSubscriptionKeys(keys);
+  if (!shape.ok) return shape;
+  if (!isP256Point(shape.p256dh)) return { ok: false, reason: "p256dh is not a point on P-256" };
+  try {
+    await crypto.subtle.importKey("raw", shape.p256dh as BufferSource, ECDH_P256, false, []);
+  } catch {
+    return { ok: false, reason: "p256dh is not a P-256 public key Web Crypto accepts" };
+  }
+  return shape;
+}
+
+/**
+ * The cheap part of {@link validateSubscriptionKeys}: base64url decoding, lengths and the
+ * 0x04 prefix, without the on-curve check and the import. For the send path, where
+ * {@link encryptWebPush} checks the point again anyway (and throws a `TypeError` naming
+ * `p256dh` when it is not one).
+ */
+export function decodeSubscriptionKeys(
+  keys: { p256dh: unknown; auth: unknown },
+): SubscriptionKeysCheck {
   const p256dh = decodeKey(keys.p256dh);
   if (p256dh === undefined) return { ok: false, reason: "p256dh is not a base64url string" };
   if (p256dh.length !== 65) {
@@ -278,12 +298,6 @@ export async function validateSubscriptionKeys(
   const auth = decodeKey(keys.auth);
   if (auth === undefined) return { ok: false, reason: "auth is not a base64url string" };
   if (auth.length !== 16) return { ok: false, reason: `auth must be 16 bytes, got ${auth.length}` };
-  if (!isP256Point(p256dh)) return { ok: false, reason: "p256dh is not a point on P-256" };
-  try {
-    await crypto.subtle.importKey("raw", p256dh as BufferSource, ECDH_P256, false, []);
-  } catch {
-    return { ok: false, reason: "p256dh is not a P-256 public key Web Crypto accepts" };
-  }
   return { ok: true, p256dh, auth };
 }
 

@@ -8,7 +8,8 @@
  * @module
  */
 
-import { encryptWebPush, type EphemeralKeyPool, validateSubscriptionKeys } from "../crypto/ece.ts";
+import { decodeSubscriptionKeys, encryptWebPush, type EphemeralKeyPool } from "../crypto/ece.ts";
+import type { Encryptor } from "../crypto/ece_pool.ts";
 import type { Vapid } from "../crypto/vapid.ts";
 import { utf8 } from "../encoding.ts";
 import {
@@ -28,6 +29,11 @@ export interface WebPushTransportOptions {
   fetch?: typeof fetch;
   /** Pre-generated ECDH key pairs for encryption; generated per message when absent. */
   keyPool?: EphemeralKeyPool;
+  /**
+   * Encrypts off the main thread (`createEncryptionPool`, lib/crypto/ece_pool.ts); messages
+   * are encrypted inline with `keyPool` when absent.
+   */
+  encryptor?: Encryptor;
   /** Per-request timeout in milliseconds; a timeout is a `retry`. Default 10 000. */
   timeoutMs?: number;
 }
@@ -39,29 +45,47 @@ const TOPIC_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 export function createWebPushTransport(options: WebPushTransportOptions): Transport {
   const fetchFn = options.fetch ?? globalThis.fetch;
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const { vapid, now, keyPool } = options;
+  const { vapid, now, keyPool, encryptor } = options;
+
+  /**
+   * Plaintext bytes per payload object: one fan-out hands every subscriber the same payload
+   * object, so it is serialised once per message, not once per subscriber.
+   */
+  const serialised = new WeakMap<object, Uint8Array>();
+  function plaintextOf(data: Record<string, unknown>): Uint8Array {
+    let bytes = serialised.get(data);
+    if (!bytes) {
+      bytes = utf8(JSON.stringify(data));
+      serialised.set(data, bytes);
+    }
+    return bytes;
+  }
 
   async function buildBody(
     target: { p256dh: string; auth: string },
     message: OutboundMessage,
   ): Promise<Uint8Array | DeliveryOutcome> {
     if (message.payload.kind === "encrypted") return message.payload.body;
-    const keys = await validateSubscriptionKeys(target);
+    // Shape only here; encryptWebPush checks the point on the curve (once, not twice).
+    const keys = decodeSubscriptionKeys(target);
     if (!keys.ok) return { kind: "failed", reason: `invalid subscription keys: ${keys.reason}` };
     let plaintext: Uint8Array;
     try {
-      plaintext = utf8(JSON.stringify(message.payload.data));
+      plaintext = plaintextOf(message.payload.data);
     } catch (err) {
       return { kind: "failed", reason: `payload is not JSON: ${(err as Error).name}` };
     }
+    const input = { plaintext, uaPublic: keys.p256dh, authSecret: keys.auth };
     try {
-      return await encryptWebPush(
-        { plaintext, uaPublic: keys.p256dh, authSecret: keys.auth },
-        keyPool ? { keyPool } : {},
-      );
+      return await (encryptor
+        ? encryptor.encrypt(input)
+        : encryptWebPush(input, keyPool ? { keyPool } : {}));
     } catch (err) {
       // Only our own size and shape messages reach here; they hold no key material.
-      return { kind: "failed", reason: `cannot encrypt: ${(err as Error).message}` };
+      const text = (err as Error).message.replace(/^Cannot encrypt Web Push message: /, "");
+      return text.startsWith("p256dh")
+        ? { kind: "failed", reason: `invalid subscription keys: ${text}` }
+        : { kind: "failed", reason: `cannot encrypt: ${text}` };
     }
   }
 

@@ -1,0 +1,87 @@
+/**
+ * Fills a relay's KV file with Web Push registrations and subscriptions through the relay's
+ * own storage API (`Store.putRegistration`, `Store.upsertSubscriptions`: what
+ * `POST /registrations` and a `push-subscribe` write), without the HTTP round trips and the
+ * acknowledging pushes, so that large N are quick to set up.
+ *
+ * @module
+ */
+
+import { encodeBase64Url, randomBytes, randomToken } from "../lib/encoding.ts";
+import { type Registration, Store } from "../lib/store.ts";
+import { targetHash } from "../lib/targets.ts";
+import type { WebPushTarget } from "../lib/transports/types.ts";
+import { makeSubscriber } from "./crypto_floor.ts";
+
+export interface SeededClient {
+  clientId: string;
+  target: WebPushTarget;
+}
+
+/** A pool of subscriber public keys (`p256dh`), shared round-robin by seeded clients. */
+export async function subscriberKeys(n: number): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) out.push(encodeBase64Url((await makeSubscriber()).p256dh));
+  return out;
+}
+
+/** Runs `fn(i)` for i in [0, n) with `concurrency` calls in flight. */
+export async function pool(
+  n: number,
+  concurrency: number,
+  fn: (i: number) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(n, concurrency) }, async () => {
+    while (next < n) await fn(next++);
+  }));
+}
+
+/**
+ * Registers `n` Web Push clients whose endpoints are `${endpointBase}/<random>`; the random
+ * part has `pathBytes` bytes (an FCM endpoint has about 150 characters after its origin).
+ */
+export async function seedClients(
+  store: Store,
+  n: number,
+  options: { endpointBase: string; keys: string[]; pathBytes?: number; now: number },
+): Promise<SeededClient[]> {
+  const clients: SeededClient[] = new Array(n);
+  await pool(n, 64, async (i) => {
+    const target: WebPushTarget = {
+      transport: "web-push",
+      endpoint: `${options.endpointBase}/${randomToken(options.pathBytes ?? 16)}`,
+      p256dh: options.keys[i % options.keys.length]!,
+      auth: encodeBase64Url(randomBytes(16)),
+    };
+    const reg: Registration = { clientId: randomToken(16), target, createdAt: options.now };
+    await store.putRegistration(reg, await targetHash(target));
+    clients[i] = { clientId: reg.clientId, target };
+  });
+  return clients;
+}
+
+/** Subscribes every client to `topic` of `app` until `exp` (epoch ms). */
+export async function seedSubscriptions(
+  store: Store,
+  app: string,
+  topic: string,
+  clients: SeededClient[],
+  exp: number,
+  now: number,
+): Promise<void> {
+  await pool(clients.length, 64, async (i) => {
+    await store.upsertSubscriptions(app, clients[i]!.clientId, "web-push", [topic], exp, now);
+  });
+}
+
+/** Bytes a KV database takes on disk: the SQLite file and its WAL and shared-memory files. */
+export async function kvFileBytes(path: string): Promise<number> {
+  let total = 0;
+  for (const suffix of ["", "-wal", "-shm"]) {
+    try {
+      total += (await Deno.stat(path + suffix)).size;
+    } catch { /* absent */ }
+  }
+  return total;
+}

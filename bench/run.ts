@@ -1,0 +1,589 @@
+/**
+ * `deno task bench`: every benchmark of the relay in one run, then BENCHMARKS.md is rewritten
+ * with the table, the date, the Deno version and the machine. `--smoke` runs a tiny version
+ * (seconds, for CI) that checks the same things work and writes nothing.
+ *
+ * Sections (see docs/benchmarks.md for what each figure means):
+ * 1. Crypto floor: the bare RFC 8291 pipeline on Web Crypto, using both cores.
+ * 2. Fan-out: one push to N subscriptions of the relay (`main.ts` as its own process) on a
+ *    local HTTPS sink that only counts; deliveries/s and time to the last delivery, as a
+ *    ratio to the floor measured in the same run (before and after the fan-outs).
+ * 3. npm web-push on Node.js to the same sink, same N.
+ * 4. Ingest: `POST /gateway` pushes with 32 concurrent clients on loopback.
+ * 5. Storage: KV bytes per registration and per subscription over 100,000 of each, and the
+ *    relay's resident memory before, during and after a fan-out to all 100,000.
+ *
+ * @module
+ */
+
+import { generateVapidKeys } from "../lib/crypto/vapid.ts";
+import { encodeBase64Url, randomBytes, randomToken } from "../lib/encoding.ts";
+import { Store } from "../lib/store.ts";
+import { measureFloorHere, measureFloorWorkers } from "./crypto_floor.ts";
+import {
+  CERT_DIR,
+  cpuSeconds,
+  epochMs,
+  type RelayProc,
+  residentMemory,
+  type Sink,
+  startRelay,
+  startSink,
+  startTaskFlags,
+} from "./_procs.ts";
+import {
+  kvFileBytes,
+  seedClients,
+  type SeededClient,
+  seedSubscriptions,
+  subscriberKeys,
+} from "./_seed.ts";
+
+const smoke = Deno.args.includes("--smoke");
+const only = Deno.args.find((a) => a.startsWith("--only="))?.slice(7).split(",");
+const want = (section: string) => !only || only.includes(section);
+/** Extra `deno run` flags for the relay, for experiments (e.g. `--relay-flags=--v8-flags=...`). */
+const relayFlags = Deno.args.filter((a) => a.startsWith("--relay-flags=")).map((a) => a.slice(14));
+
+const P = smoke
+  ? { floorMs: 300, fanout: [50, 200], warm: 20, ingestMs: 800, storageN: 300, inFlight: 256 }
+  : {
+    floorMs: 3000,
+    fanout: [1000, 10_000],
+    warm: 500,
+    ingestMs: 10_000,
+    storageN: 100_000,
+    inFlight: 256,
+  };
+const INGEST_CLIENTS = 32;
+export const APP = "bench";
+export const TOKEN = randomToken(24);
+const HOUR = 3600_000;
+
+const failures: string[] = [];
+function check(ok: boolean, what: string) {
+  if (!ok) {
+    failures.push(what);
+    console.error(`FAIL: ${what}`);
+  }
+}
+const log = (s: string) => console.error(`bench: ${s}`);
+const fmt = (n: number, digits = 0) =>
+  n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
+const MiB = 1024 * 1024;
+
+// --- machine ----------------------------------------------------------------------------------
+
+async function machine() {
+  let cpu = "unknown";
+  try {
+    cpu = /^model name\s*:\s*(.+)$/m.exec(await Deno.readTextFile("/proc/cpuinfo"))?.[1] ??
+      "unknown";
+  } catch { /* not Linux */ }
+  let node = "absent";
+  try {
+    const out = await new Deno.Command("node", { args: ["--version"], stdout: "piped" }).output();
+    node = new TextDecoder().decode(out.stdout).trim();
+  } catch { /* absent */ }
+  return {
+    cores: navigator.hardwareConcurrency,
+    cpu,
+    os: `${Deno.build.os} ${Deno.build.arch}`,
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+    node,
+  };
+}
+
+// --- 1. crypto floor --------------------------------------------------------------------------
+
+interface FloorResult {
+  /** The floor: the best of the two ways below. */
+  rate: number;
+  here: number;
+  workers: number;
+  /** CPU microseconds per message (this process, worker run). */
+  cpuUs: number;
+}
+
+export async function floor(): Promise<FloorResult> {
+  const here = await measureFloorHere(64, P.floorMs);
+  const cpu0 = await cpuSeconds(Deno.pid);
+  const t0 = performance.now();
+  const workers = await measureFloorWorkers(navigator.hardwareConcurrency, 32, P.floorMs);
+  const cpu = await cpuSeconds(Deno.pid) - cpu0;
+  const secs = (performance.now() - t0) / 1000;
+  return {
+    rate: Math.max(here, workers),
+    here,
+    workers,
+    cpuUs: (cpu / (workers * secs)) * 1e6,
+  };
+}
+
+// --- 2./3. fan-out ------------------------------------------------------------------------------
+
+interface FanOutResult {
+  n: number;
+  /** Deliveries per second: n / (last delivery - push sent). */
+  rate: number;
+  /** Milliseconds from sending the push to the sink counting the last delivery. */
+  lastMs: number;
+  /** Milliseconds until the relay answered the push. */
+  answerMs?: number;
+  /** CPU microseconds per delivery, sender process only. */
+  cpuUs: number;
+  connections: number;
+}
+
+export async function pushTo(relay: RelayProc, topic: string): Promise<Response> {
+  return await fetch(`${relay.url}/gateway`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
+    body: JSON.stringify({
+      push: { messages: [{ topic, timestamp: new Date().toISOString(), priority: 50 }] },
+    }),
+  });
+}
+
+export async function relayFanOut(
+  relay: RelayProc,
+  sink: Sink,
+  topic: string,
+  n: number,
+): Promise<FanOutResult> {
+  await sink.reset();
+  const cpu0 = await cpuSeconds(relay.pid);
+  const start = epochMs();
+  const res = await pushTo(relay, topic);
+  const answerMs = epochMs() - start;
+  const body = await res.text();
+  check(res.status === 200 && body === '{"push-response":{}}', `push to ${topic}: ${body}`);
+  const stats = await sink.wait(n, 300_000);
+  const cpu = await cpuSeconds(relay.pid) - cpu0;
+  check(stats.count === n, `fan-out ${topic}: ${stats.count} of ${n} delivered`);
+  check(stats.bad === 0, `fan-out ${topic}: ${stats.bad} malformed deliveries`);
+  const lastMs = stats.last - start;
+  return {
+    n,
+    rate: n / (lastMs / 1000),
+    lastMs,
+    answerMs,
+    cpuUs: (cpu / n) * 1e6,
+    connections: stats.connections,
+  };
+}
+
+export async function nodeFanOut(
+  sink: Sink,
+  clients: SeededClient[],
+  vapid: { publicKey: string; privateKey: string },
+  payload: string,
+): Promise<FanOutResult> {
+  await sink.reset();
+  const n = clients.length;
+  const child = new Deno.Command("node", {
+    args: [new URL("node_webpush.mjs", import.meta.url).pathname],
+    env: { NODE_EXTRA_CA_CERTS: `${CERT_DIR}ca.pem` },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const job = {
+    endpoints: clients.map((c) => c.target.endpoint),
+    p256dh: clients.map((c) => c.target.p256dh),
+    auth: clients[0]!.target.auth,
+    payload,
+    vapid: { ...vapid, subject: "mailto:bench@relay.example" },
+    concurrency: P.inFlight,
+  };
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(JSON.stringify(job)));
+  await writer.close();
+  const out = await child.output();
+  const text = new TextDecoder().decode(out.stdout);
+  if (!out.success) {
+    throw new Error(`node web-push failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  const r = JSON.parse(text) as { start: number; end: number; ok: number; failed: number };
+  const stats = await sink.stats();
+  check(r.failed === 0 && stats.count === n, `node web-push: ${stats.count} of ${n}: ${text}`);
+  const lastMs = stats.last - r.start;
+  // CPU of the whole node process (start-up included), from the rusage of the child.
+  return { n, rate: n / (lastMs / 1000), lastMs, cpuUs: NaN, connections: stats.connections };
+}
+
+// --- 4. ingest --------------------------------------------------------------------------------
+
+interface IngestResult {
+  rate: number;
+  p50: number;
+  p99: number;
+  requests: number;
+  errors: number;
+  deliveries: number;
+}
+
+export async function ingest(relay: RelayProc, sink: Sink, ms: number): Promise<IngestResult> {
+  const url = `${relay.url}/gateway`;
+  const headers = { "content-type": "application/json", authorization: `Bearer ${TOKEN}` };
+  const body = () =>
+    JSON.stringify({
+      push: { messages: [{ topic: "ingest", timestamp: new Date().toISOString() }] },
+    });
+  const run = async (duration: number) => {
+    const latencies: number[] = [];
+    let errors = 0;
+    const t0 = performance.now();
+    const end = t0 + duration;
+    await Promise.all(Array.from({ length: INGEST_CLIENTS }, async () => {
+      while (performance.now() < end) {
+        const t = performance.now();
+        const res = await fetch(url, { method: "POST", headers, body: body() });
+        const text = await res.text();
+        latencies.push(performance.now() - t);
+        if (res.status !== 200 || text !== '{"push-response":{}}') errors++;
+      }
+    }));
+    return { latencies, errors, secs: (performance.now() - t0) / 1000 };
+  };
+  await run(Math.min(1000, ms / 4)); // warm-up: JIT, connections
+  await new Promise((r) => setTimeout(r, 500));
+  await sink.reset();
+  const { latencies, errors, secs } = await run(ms);
+  latencies.sort((a, b) => a - b);
+  const q = (p: number) =>
+    latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]!;
+  await new Promise((r) => setTimeout(r, 300));
+  const stats = await sink.stats();
+  check(errors === 0, `ingest: ${errors} failed requests`);
+  check(stats.bad === 0, `ingest: ${stats.bad} malformed deliveries`);
+  return {
+    rate: latencies.length / secs,
+    p50: q(0.5),
+    p99: q(0.99),
+    requests: latencies.length,
+    errors,
+    deliveries: stats.count,
+  };
+}
+
+// --- 5. storage and memory --------------------------------------------------------------------
+
+interface StorageResult {
+  n: number;
+  bytesPerRegistration: number;
+  bytesPerSubscription: number;
+  kvBytes: number;
+  rssBefore: number;
+  rssPeak: number;
+  rssAfter: number;
+  fanOut: FanOutResult;
+}
+
+async function storage(sink: Sink, keys: string[], env: Record<string, string>) {
+  const n = P.storageN;
+  const dir = await Deno.makeTempDir({ prefix: "relay-bench-storage-" });
+  const path = `${dir}/relay.sqlite3`;
+  const now = Date.now();
+  try {
+    // An empty database with the relay's own meta keys, as a started relay leaves it.
+    const first = await startRelay({ ...env, RELAY_KV_PATH: path }, relayFlags);
+    await first.stop();
+    const size0 = await kvFileBytes(path);
+
+    let kv = await Deno.openKv(path);
+    log(`storage: registering ${n} clients`);
+    // Endpoints as long as real ones (FCM: ~150 characters after the origin), on the sink.
+    const clients = await seedClients(new Store(kv), n, {
+      endpointBase: `${sink.url}/fcm/send`,
+      keys,
+      pathBytes: 105,
+      now,
+    });
+    kv.close();
+    const size1 = await kvFileBytes(path);
+
+    kv = await Deno.openKv(path);
+    log(`storage: subscribing ${n} clients to one topic`);
+    await seedSubscriptions(new Store(kv), APP, "all-clients", clients, now + 47 * HOUR, now);
+    kv.close();
+    const size2 = await kvFileBytes(path);
+
+    const relay = await startRelay({ ...env, RELAY_KV_PATH: path }, relayFlags);
+    try {
+      await new Promise((r) => setTimeout(r, 1500));
+      const before = await residentMemory(relay.pid);
+      log(`storage: fan-out to all ${n}`);
+      let sampled = before.rss;
+      const sampler = setInterval(() => {
+        residentMemory(relay.pid).then((m) => (sampled = Math.max(sampled, m.rss))).catch(
+          () => {},
+        );
+      }, 100);
+      const fanOut = await relayFanOut(relay, sink, "all-clients", n);
+      clearInterval(sampler);
+      await new Promise((r) => setTimeout(r, 1500));
+      const after = await residentMemory(relay.pid);
+      return {
+        n,
+        bytesPerRegistration: (size1 - size0) / n,
+        bytesPerSubscription: (size2 - size1) / n,
+        kvBytes: size2,
+        rssBefore: before.rss,
+        rssPeak: Math.max(after.peak, sampled),
+        rssAfter: after.rss,
+        fanOut,
+      } satisfies StorageResult;
+    } finally {
+      await relay.stop();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+// --- report -----------------------------------------------------------------------------------
+
+interface Results {
+  machine: Awaited<ReturnType<typeof machine>>;
+  /** How the relay process was started. */
+  relayCommand: string;
+  date: string;
+  floors: FloorResult[];
+  floor: number;
+  fanOuts: FanOutResult[];
+  node: FanOutResult[];
+  ingest: { coalesce: number; r: IngestResult }[];
+  storage?: StorageResult;
+}
+
+function table(r: Results): string {
+  const m = r.machine;
+  const lines: string[] = [];
+  const row = (...cells: string[]) => lines.push(`| ${cells.join(" | ")} |`);
+  const ratio = (x: number) => `${fmt(x / r.floor, 2)} of floor`;
+  row("Measure", "Conditions", "Result", "vs. target");
+  row("---", "---", "---", "---");
+  const fl = r.floors;
+  if (fl.length > 0) {
+    row(
+      "Crypto floor (bare RFC 8291 on Web Crypto)",
+      `key pair + export, ECDH, 3 × HKDF, AES-GCM per message; best of one isolate × 64 in flight and ${m.cores} workers × 32 in flight; ${fl.length} runs of ${
+        P.floorMs / 1000
+      } s (before and after the fan-outs)`,
+      `**${fmt(r.floor)} msg/s** (runs: ${
+        fl.map((f) => `${fmt(f.here)} / ${fmt(f.workers)}`).join("; ")
+      } isolate / workers; ${fmt(fl[0]!.cpuUs)} µs CPU per message)`,
+      "the ceiling",
+    );
+  }
+  for (const f of r.fanOuts) {
+    row(
+      `Fan-out, N = ${fmt(f.n)}`,
+      `one push, N subscriptions (distinct clients) of one topic; relay process → HTTPS sink (Node.js, counts only, HTTP/1.1 keep-alive); web push concurrency ${P.inFlight}; after a ${P.warm}-delivery warm-up`,
+      `**${fmt(f.rate)} deliveries/s**, last delivery after ${fmt(f.lastMs)} ms (push answered in ${
+        fmt(f.answerMs ?? 0, 1)
+      } ms; relay CPU ${fmt(f.cpuUs)} µs per delivery; ${f.connections} connections)`,
+      `${ratio(f.rate)} (target ≥ 0.80) ${f.rate / r.floor >= 0.8 ? "✅" : "❌"}`,
+    );
+  }
+  for (const f of r.node) {
+    const relay = r.fanOuts.find((x) => x.n === f.n);
+    row(
+      `npm web-push on Node.js ${m.node}, N = ${fmt(f.n)}`,
+      `web-push@3.6.7 sendNotification, defaults (node:https global agent), ${P.inFlight} in flight, same sink, same payload`,
+      `**${fmt(f.rate)} deliveries/s**, last after ${fmt(f.lastMs)} ms`,
+      relay ? `relay = ${fmt(relay.rate / f.rate, 2)} × web-push; ${ratio(f.rate)}` : "",
+    );
+  }
+  for (const { coalesce, r: i } of r.ingest) {
+    row(
+      `Ingest, RELAY_COALESCE_MS=${coalesce}`,
+      `POST /gateway, 1 message, 1 subscriber, ${INGEST_CLIENTS} concurrent clients on loopback (HTTP/1.1 keep-alive), ${
+        P.ingestMs / 1000
+      } s after a warm-up; ${fmt(i.requests)} requests, ${i.deliveries} deliveries made meanwhile`,
+      `**${fmt(i.rate)} pushes/s**, p50 ${fmt(i.p50, 1)} ms, p99 ${fmt(i.p99, 1)} ms`,
+      `p99 < 25 ms ${i.p99 < 25 ? "✅" : "❌"}`,
+    );
+  }
+  const s = r.storage;
+  if (s) {
+    row(
+      "KV per registration",
+      `growth of the KV file (SQLite + WAL) over ${
+        fmt(s.n)
+      } Web Push registrations, ~170-character endpoints`,
+      `**${fmt(s.bytesPerRegistration)} B**`,
+      "",
+    );
+    row(
+      "KV per subscription",
+      `growth over ${fmt(s.n)} subscriptions (one topic each, 3 keys: sub, subc, subx)`,
+      `**${fmt(s.bytesPerSubscription)} B**`,
+      `< 1 KiB ${s.bytesPerSubscription < 1024 ? "✅" : "❌"}`,
+    );
+    row(
+      "Relay resident memory",
+      `${fmt(s.n)} subscriptions in KV (${
+        fmt(s.kvBytes / MiB, 1)
+      } MiB); before, peak during, and after one fan-out to all of them (${
+        fmt(s.fanOut.rate)
+      } deliveries/s, ${ratio(s.fanOut.rate)}, last after ${fmt(s.fanOut.lastMs / 1000, 1)} s)`,
+      `**${fmt(s.rssBefore / MiB, 1)} / ${fmt(s.rssPeak / MiB, 1)} / ${
+        fmt(s.rssAfter / MiB, 1)
+      } MiB**`,
+      `< 200 MiB ${s.rssPeak < 200 * MiB ? "✅" : "❌"}`,
+    );
+  }
+  return lines.join("\n");
+}
+
+function markdown(r: Results): string {
+  const m = r.machine;
+  return `# Benchmarks
+
+Written by \`deno task bench\` (bench/run.ts) on ${r.date}. Do not edit by hand; see
+docs/benchmarks.md for how to run it and what each figure means.
+
+- **Machine:** ${m.cores} cores, ${m.cpu}, ${m.os} (a shared VM: expect ±10 % between runs; ratios
+  are measured in the same run)
+- **Runtime:** Deno ${m.deno} (V8 ${m.v8}); Node.js ${m.node} for the web-push comparison and the sink
+- **Relay:** its own process, started as \`deno task start\` does (\`${r.relayCommand}\`), KV in a
+  local SQLite file, \`RELAY_ALLOW_PRIVATE_ENDPOINTS=1\`, the sink's CA trusted through \`DENO_CERT\`;
+  logs at the default level, piped and discarded
+
+${table(r)}
+
+The floor is what a Web Push relay on this runtime cannot pass: every delivery needs one fresh
+P-256 key pair and one ECDH (RFC 8291 §3.1). "of floor" ratios divide by the floor measured in
+this same run. The sink runs on the same two cores as the relay, as does the load generator.
+`;
+}
+
+// --- main -------------------------------------------------------------------------------------
+
+async function main() {
+  const m = await machine();
+  const date = new Date().toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  log(`${smoke ? "smoke run" : "full run"} on Deno ${m.deno}, ${m.cores} cores, ${m.cpu}`);
+  const results: Results = {
+    machine: m,
+    relayCommand: `deno run ${[...(await startTaskFlags()), ...relayFlags].join(" ")} main.ts`,
+    date,
+    floors: [],
+    floor: 0,
+    fanOuts: [],
+    node: [],
+    ingest: [],
+  };
+
+  if (want("floor")) {
+    log("crypto floor (1/2)");
+    results.floors.push(await floor());
+  }
+
+  const sink = await startSink();
+  const dir = await Deno.makeTempDir({ prefix: "relay-bench-" });
+  const vapid = await generateVapidKeys();
+  const env = {
+    RELAY_APPS: `${APP}:${TOKEN}`,
+    RELAY_SECRET: encodeBase64Url(randomBytes(32)),
+    RELAY_VAPID_PUBLIC_KEY: vapid.publicKey,
+    RELAY_VAPID_PRIVATE_KEY: vapid.privateKey,
+    RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
+    RELAY_REGISTRATION_RATE_LIMIT: "0",
+  };
+  const keys = await subscriberKeys(smoke ? 4 : 32);
+  let relay: RelayProc | undefined;
+  try {
+    const path = `${dir}/relay.sqlite3`;
+    const maxN = Math.max(...P.fanout);
+    const now = Date.now();
+    let clients: SeededClient[] = [];
+    if (want("fanout") || want("node") || want("ingest")) {
+      log(`seeding ${maxN} clients`);
+      const kv = await Deno.openKv(path);
+      const store = new Store(kv);
+      clients = await seedClients(store, maxN, { endpointBase: `${sink.url}/wpush`, keys, now });
+      for (const n of P.fanout) {
+        await seedSubscriptions(store, APP, `fan-${n}`, clients.slice(0, n), now + 47 * HOUR, now);
+      }
+      await seedSubscriptions(store, APP, "warm", clients.slice(0, P.warm), now + 47 * HOUR, now);
+      await seedSubscriptions(store, APP, "ingest", clients.slice(0, 1), now + 47 * HOUR, now);
+      kv.close();
+      relay = await startRelay({ ...env, RELAY_KV_PATH: path }, relayFlags);
+    }
+
+    if (relay && want("fanout")) {
+      log("fan-out warm-up");
+      await relayFanOut(relay, sink, "warm", P.warm);
+      for (const n of P.fanout) {
+        log(`fan-out N=${n}`);
+        results.fanOuts.push(await relayFanOut(relay, sink, `fan-${n}`, n));
+      }
+    }
+    if (want("node")) {
+      const payload = JSON.stringify({
+        type: "update",
+        topic: "fan-N",
+        timestamp: new Date().toISOString(),
+        priority: 50,
+      });
+      log("npm web-push warm-up");
+      await nodeFanOut(sink, clients.slice(0, P.warm), vapid, payload);
+      for (const n of P.fanout) {
+        log(`npm web-push N=${n}`);
+        results.node.push(await nodeFanOut(sink, clients.slice(0, n), vapid, payload));
+      }
+    }
+    if (want("floor")) {
+      log("crypto floor (2/2)");
+      results.floors.push(await floor());
+      results.floor = results.floors.reduce((a, f) => a + f.rate, 0) / results.floors.length;
+    }
+
+    if (relay && want("ingest")) {
+      log(`ingest, RELAY_COALESCE_MS=2000 (default), ${P.ingestMs} ms`);
+      results.ingest.push({ coalesce: 2000, r: await ingest(relay, sink, P.ingestMs) });
+      await relay.stop();
+      relay = await startRelay({ ...env, RELAY_KV_PATH: path, RELAY_COALESCE_MS: "0" }, relayFlags);
+      log(`ingest, RELAY_COALESCE_MS=0, ${P.ingestMs} ms`);
+      results.ingest.push({ coalesce: 0, r: await ingest(relay, sink, P.ingestMs) });
+    }
+    await relay?.stop();
+    relay = undefined;
+
+    if (want("storage")) {
+      results.storage = await storage(sink, keys, env);
+      check(
+        results.storage.bytesPerSubscription > 0 && results.storage.rssBefore > 0,
+        "storage: no figures",
+      );
+    }
+  } finally {
+    await relay?.stop();
+    await sink.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+
+  if (!results.floor) results.floor = NaN;
+  console.log(table(results));
+  if (failures.length > 0) {
+    console.error(`bench: ${failures.length} check(s) failed`);
+    Deno.exit(1);
+  }
+  if (!smoke && !only) {
+    const file = new URL("../BENCHMARKS.md", import.meta.url);
+    await Deno.writeTextFile(file, markdown(results));
+    // The file is checked by `deno task check` like every other: write it formatted.
+    await new Deno.Command(Deno.execPath(), { args: ["fmt", "-q", file.pathname] }).output();
+    log("BENCHMARKS.md written");
+  }
+  await Deno.writeTextFile(
+    `${Deno.env.get("TMPDIR") ?? "/tmp"}/relay-bench-last.json`,
+    JSON.stringify(results, null, 2),
+  );
+}
+
+if (import.meta.main) await main();

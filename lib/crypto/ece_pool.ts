@@ -1,0 +1,177 @@
+/**
+ * Web Push encryption (RFC 8291) spread over module workers, so that a fan-out uses every
+ * core. Measured on Deno 2.9 and 2.5 (BENCHMARKS.md, docs/benchmarks.md): one isolate stalls
+ * well below what the same pipeline reaches in one worker per core, because part of each P-256
+ * operation and all the promise plumbing around it run on the isolate's own thread (on 2.5 the
+ * public key export is fully synchronous), which the relay also needs for HTTP and KV.
+ *
+ * Workers are started only under load (`startAt` encryptions in flight at once) and stopped
+ * after `idleMs` without work, so a quiet relay and a test sending one message never start
+ * one. Until a worker is ready, and wherever `Worker` is missing or fails, messages are
+ * encrypted inline: the pool never delays or loses a message for the workers' sake.
+ *
+ * @module
+ */
+
+import { encryptWebPush, type EncryptWebPushInput, type EphemeralKeyPool } from "./ece.ts";
+
+/** Encrypts Web Push messages; see {@link createEncryptionPool}. */
+export interface Encryptor {
+  /** The RFC 8291 `aes128gcm` body for one message (same contract as `encryptWebPush`). */
+  encrypt(input: EncryptWebPushInput): Promise<Uint8Array>;
+  /** Workers ready to take jobs. */
+  readonly workers: number;
+  /** Stops the workers; later calls encrypt inline. */
+  close(): Promise<void>;
+}
+
+export interface EncryptionPoolOptions {
+  /**
+   * Workers at most. @default one per core (at least 1). Measured on 2 cores (docs/benchmarks.md):
+   * 2 workers beat 1 by ~10-15 % in deliveries/s; each costs ~25 MiB of resident memory with
+   * `deno task start`'s V8 heap flags.
+   */
+  maxWorkers?: number;
+  /** Encryptions in flight at once that start the workers. @default 8 */
+  startAt?: number;
+  /** Workers stop after this long without work. @default 30000 */
+  idleMs?: number;
+  /** Sender key pairs for inline encryption. */
+  keyPool?: EphemeralKeyPool;
+}
+
+interface Pending {
+  input: EncryptWebPushInput;
+  resolve: (body: Uint8Array) => void;
+  reject: (err: Error) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  ready: boolean;
+  pending: Map<number, Pending>;
+}
+
+type Reply = { ready: true } | { id: number; body: Uint8Array } | { id: number; error: string };
+
+/** Creates an encryption pool. Call `close()` when the relay stops (and in tests). */
+export function createEncryptionPool(options: EncryptionPoolOptions = {}): Encryptor {
+  const maxWorkers = Math.max(
+    1,
+    Math.floor(options.maxWorkers ?? globalThis.navigator?.hardwareConcurrency ?? 1),
+  );
+  const startAt = Math.max(1, options.startAt ?? 8);
+  const idleMs = options.idleMs ?? 30_000;
+  const keyPool = options.keyPool;
+  const slots: Slot[] = [];
+  let nextId = 1;
+  let inline = 0;
+  let broken = typeof Worker !== "function";
+  let closed = false;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  const encryptInline = async (input: EncryptWebPushInput): Promise<Uint8Array> => {
+    inline++;
+    try {
+      return await encryptWebPush(input, keyPool ? { keyPool } : {});
+    } finally {
+      inline--;
+    }
+  };
+
+  function stopAll(): void {
+    clearTimeout(idleTimer);
+    idleTimer = undefined;
+    for (const slot of slots.splice(0)) {
+      slot.worker.terminate();
+      // Jobs a stopped worker still held are encrypted inline instead.
+      for (const p of slot.pending.values()) encryptInline(p.input).then(p.resolve, p.reject);
+    }
+  }
+
+  function armIdle(): void {
+    if (idleTimer !== undefined || slots.length === 0) return;
+    idleTimer = setTimeout(() => {
+      idleTimer = undefined;
+      if (slots.some((s) => s.pending.size > 0)) armIdle();
+      else stopAll();
+    }, idleMs);
+    // An idle pool must not keep the process (or a test) alive.
+    Deno.unrefTimer(idleTimer);
+  }
+
+  function start(): void {
+    while (slots.length < maxWorkers) {
+      let worker: Worker;
+      try {
+        worker = new Worker(new URL("./ece_worker.ts", import.meta.url), { type: "module" });
+      } catch {
+        broken = true; // no workers here (e.g. a platform without them): inline from now on
+        return;
+      }
+      const slot: Slot = { worker, ready: false, pending: new Map() };
+      worker.onmessage = (e: MessageEvent<Reply>) => {
+        const msg = e.data;
+        if ("ready" in msg) {
+          slot.ready = true;
+          return;
+        }
+        const p = slot.pending.get(msg.id);
+        if (!p) return;
+        slot.pending.delete(msg.id);
+        if ("body" in msg) p.resolve(msg.body);
+        else p.reject(new TypeError(msg.error));
+      };
+      worker.onerror = (e) => {
+        e.preventDefault();
+        broken = true;
+        stopAll();
+      };
+      slots.push(slot);
+    }
+    armIdle();
+  }
+
+  return {
+    encrypt(input) {
+      if (closed || broken) return encryptInline(input);
+      let best: Slot | undefined;
+      for (const s of slots) {
+        if (s.ready && (!best || s.pending.size < best.pending.size)) best = s;
+      }
+      if (!best) {
+        if (slots.length === 0 && inline + 1 >= startAt) start();
+        return encryptInline(input);
+      }
+      clearTimeout(idleTimer);
+      idleTimer = undefined;
+      const id = nextId++;
+      const slot = best;
+      return new Promise<Uint8Array>((resolve, reject) => {
+        const done = (f: () => void) => {
+          f();
+          if (slots.every((s) => s.pending.size === 0)) armIdle();
+        };
+        slot.pending.set(id, {
+          input,
+          resolve: (b) => done(() => resolve(b)),
+          reject: (err) => done(() => reject(err)),
+        });
+        slot.worker.postMessage({
+          id,
+          plaintext: input.plaintext,
+          p256dh: input.uaPublic,
+          auth: input.authSecret,
+        });
+      });
+    },
+    get workers() {
+      return slots.filter((s) => s.ready).length;
+    },
+    close() {
+      closed = true;
+      stopAll();
+      return Promise.resolve();
+    },
+  };
+}

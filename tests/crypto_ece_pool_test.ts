@@ -1,0 +1,102 @@
+/**
+ * Issue 5: Web Push encryption spread over module workers (lib/crypto/ece_pool.ts). Output
+ * must be exactly what `encryptWebPush` promises (RFC 8291, decryptable by an independent
+ * implementation, a fresh sender key per message), whether a message went to a worker or was
+ * encrypted inline, and errors keep their meaning.
+ */
+
+import assert from "node:assert/strict";
+import { Buffer } from "node:buffer";
+import { createECDH, randomBytes as nodeRandomBytes } from "node:crypto";
+import ece from "http_ece";
+import { createEncryptionPool } from "../lib/crypto/ece_pool.ts";
+import { fromUtf8 } from "../lib/encoding.ts";
+
+function userAgent() {
+  const ecdh = createECDH("prime256v1");
+  ecdh.generateKeys();
+  return {
+    ecdh,
+    uaPublic: new Uint8Array(ecdh.getPublicKey()),
+    auth: new Uint8Array(nodeRandomBytes(16)),
+  };
+}
+
+function decrypt(body: Uint8Array, ua: ReturnType<typeof userAgent>): string {
+  return fromUtf8(
+    new Uint8Array(
+      ece.decrypt(Buffer.from(body), {
+        version: "aes128gcm",
+        privateKey: ua.ecdh,
+        authSecret: Buffer.from(ua.auth),
+      }),
+    ),
+  );
+}
+
+Deno.test("Encryption pool: under load workers start, and every body decrypts with a fresh sender key (RFC 8291 §3.1)", async () => {
+  const pool = createEncryptionPool({ maxWorkers: 2, startAt: 2 });
+  try {
+    const ua = userAgent();
+    const run = (n: number) =>
+      Promise.all(
+        Array.from({ length: n }, (_, i) =>
+          pool.encrypt({ plaintext: `message ${i}`, uaPublic: ua.uaPublic, authSecret: ua.auth })),
+      );
+    // The first burst starts the workers (and is encrypted inline meanwhile).
+    await run(16);
+    for (let i = 0; i < 200 && pool.workers < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.equal(pool.workers, 2);
+    const bodies = await run(64);
+    const senders = new Set<string>();
+    bodies.forEach((body, i) => {
+      assert.equal(decrypt(body, ua), `message ${i}`);
+      senders.add(Buffer.from(body.subarray(21, 86)).toString("hex"));
+    });
+    assert.equal(senders.size, 64);
+  } finally {
+    await pool.close();
+  }
+  assert.equal(pool.workers, 0);
+});
+
+Deno.test("Encryption pool: a p256dh off the curve is refused by a worker with a TypeError naming p256dh", async () => {
+  const pool = createEncryptionPool({ maxWorkers: 1, startAt: 1 });
+  try {
+    const ua = userAgent();
+    await pool.encrypt({ plaintext: "warm", uaPublic: ua.uaPublic, authSecret: ua.auth });
+    for (let i = 0; i < 200 && pool.workers < 1; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.equal(pool.workers, 1);
+    const bad = ua.uaPublic.slice();
+    bad[64] = bad[64]! ^ 1;
+    await assert.rejects(
+      pool.encrypt({ plaintext: "x", uaPublic: bad, authSecret: ua.auth }),
+      (err: Error) =>
+        err instanceof TypeError && /p256dh is not a point on P-256/.test(err.message),
+    );
+    // The worker is still fine afterwards.
+    const body = await pool.encrypt({
+      plaintext: "ok",
+      uaPublic: ua.uaPublic,
+      authSecret: ua.auth,
+    });
+    assert.equal(decrypt(body, ua), "ok");
+  } finally {
+    await pool.close();
+  }
+});
+
+Deno.test("Encryption pool: a single message is encrypted inline (no worker started), and after close() too", async () => {
+  const pool = createEncryptionPool({ maxWorkers: 2 });
+  const ua = userAgent();
+  const body = await pool.encrypt({ plaintext: "one", uaPublic: ua.uaPublic, authSecret: ua.auth });
+  assert.equal(decrypt(body, ua), "one");
+  assert.equal(pool.workers, 0);
+  await pool.close();
+  const after = await pool.encrypt({
+    plaintext: "two",
+    uaPublic: ua.uaPublic,
+    authSecret: ua.auth,
+  });
+  assert.equal(decrypt(after, ua), "two");
+});
