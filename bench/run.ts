@@ -3,7 +3,7 @@
  * with the table, the date, the Deno version and the machine. `--smoke` runs a tiny version
  * (seconds, for CI) that checks the same things work and writes nothing.
  *
- * Sections (see docs/benchmarks.md for what each figure means):
+ * Sections (see the README's Benchmarks section for what each figure means):
  * 1. Crypto floor: the bare RFC 8291 pipeline on Web Crypto, using both cores.
  * 2. Fan-out: one push to N subscriptions of the relay (`main.ts` as its own process) on a
  *    local HTTPS sink that only counts; deliveries/s and time to the last delivery, as a
@@ -443,8 +443,8 @@ function markdown(r: Results): string {
   const m = r.machine;
   return `# Benchmarks
 
-Written by \`deno task bench\` (bench/run.ts) on ${r.date}. Do not edit by hand; see
-docs/benchmarks.md for how to run it and what each figure means.
+Written by \`deno task bench\` (bench/run.ts) on ${r.date}. Do not edit by hand; see the
+README's Benchmarks section for how to run it and what each figure means.
 
 - **Machine:** ${m.cores} cores, ${m.cpu}, ${m.os} (a shared VM: expect ±10 % between runs; ratios
   are measured in the same run)

@@ -1,7 +1,7 @@
 /**
  * Issue 4: two relay processes on one KV file. Pushes go to both at once; each (message,
  * subscription) is delivered exactly once in normal operation, although the fan-outs (5-10 s)
- * outlast the lease (`RELAY_LEASE_MS=3000`) and both processes keep ticking: a live holder's
+ * outlast the lease (`RELAY_LEASE_MS=5000`) and both processes keep ticking: a live holder's
  * heartbeat keeps the other process off its work. The push service decrypts every delivery
  * (npm http_ece) so each message is told apart by its timestamp.
  */
@@ -40,7 +40,7 @@ Deno.test("Two relay processes on one KV deliver each (message, subscription) ex
       RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
       RELAY_REGISTRATION_RATE_LIMIT: "0",
       RELAY_COALESCE_MS: "0",
-      RELAY_LEASE_MS: "3000",
+      RELAY_LEASE_MS: "5000",
     };
     // One after the other: two first starts at the same instant on one SQLite file can fail
     // with "database is locked" while creating the generated keys (a startup issue, not
