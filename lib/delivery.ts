@@ -40,6 +40,7 @@ import type {
   SubscriptionValue,
   WorkerBeat,
 } from "./store.ts";
+import { sizedBatches } from "./store.ts";
 import { targetHash } from "./targets.ts";
 import type { Clock } from "./time.ts";
 import { formatRfc3339, parseRfc3339 } from "./time.ts";
@@ -204,24 +205,6 @@ function recordBytes(m: { topic: string; clientId?: string }): number {
     (m.clientId === undefined ? 0 : encoder.encode(m.clientId).length * 2);
 }
 
-/** Splits `items` into runs of at most `maxCount` items and about `maxBytes` bytes. */
-function chunked<T>(items: T[], maxCount: number, maxBytes: number, size: (t: T) => number): T[][] {
-  const out: T[][] = [];
-  let run: T[] = [];
-  let bytes = 0;
-  for (const item of items) {
-    const n = size(item);
-    if (run.length > 0 && (run.length >= maxCount || bytes + n > maxBytes)) {
-      out.push(run);
-      run = [];
-      bytes = 0;
-    }
-    run.push(item);
-    bytes += n;
-  }
-  if (run.length > 0) out.push(run);
-  return out;
-}
 /** Subscribers whose results go into one cursor commit at most (≤ 1 write each). */
 const MAX_COMMIT = 250;
 /** A fan-out also commits its progress when this long passed since the last commit. */
@@ -558,7 +541,9 @@ export class DeliveryEngine {
 
   private async acceptNow(app: string, messages: PushMessage[]): Promise<void> {
     if (this.coalesceMs <= 0) {
-      for (const chunk of chunked(messages, RECORDS_PER_ATOMIC, BYTES_PER_ATOMIC, recordBytes)) {
+      for (
+        const chunk of sizedBatches(messages, recordBytes, BYTES_PER_ATOMIC, RECORDS_PER_ATOMIC)
+      ) {
         await this.acceptPlain(app, chunk);
       }
     } else {
@@ -570,7 +555,9 @@ export class DeliveryEngine {
       }
       const size = (t: string) =>
         TRAILING_BYTES + byTopic.get(t)!.reduce((n, m) => n + recordBytes(m), 0);
-      for (const chunk of chunked([...byTopic.keys()], TOPICS_PER_ATOMIC, BYTES_PER_ATOMIC, size)) {
+      for (
+        const chunk of sizedBatches([...byTopic.keys()], size, BYTES_PER_ATOMIC, TOPICS_PER_ATOMIC)
+      ) {
         await this.acceptCoalesced(app, chunk, byTopic);
       }
     }
@@ -620,7 +607,9 @@ export class DeliveryEngine {
       budget -= n;
     }
     if (!(await this.commitRun(records.slice(0, i), extra, windows))) return false;
-    for (const run of chunked(records.slice(i), RECORDS_PER_ATOMIC, BYTES_PER_ATOMIC, sizeOf)) {
+    for (
+      const run of sizedBatches(records.slice(i), sizeOf, BYTES_PER_ATOMIC, RECORDS_PER_ATOMIC)
+    ) {
       await this.commitRun(run, [], []);
     }
     return true;

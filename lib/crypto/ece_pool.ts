@@ -1,6 +1,6 @@
 /**
  * Web Push encryption (RFC 8291) spread over module workers, so that a fan-out uses every
- * core. Measured on Deno 2.9 and 2.5 (BENCHMARKS.md, docs/benchmarks.md): one isolate stalls
+ * core. Measured on Deno 2.9 and 2.5 (BENCHMARKS.md and the README): one isolate stalls
  * well below what the same pipeline reaches in one worker per core, because part of each P-256
  * operation and all the promise plumbing around it run on the isolate's own thread (on 2.5 the
  * public key export is fully synchronous), which the relay also needs for HTTP and KV.
@@ -27,7 +27,7 @@ export interface Encryptor {
 
 export interface EncryptionPoolOptions {
   /**
-   * Workers at most. @default one per core (at least 1). Measured on 2 cores (docs/benchmarks.md):
+   * Workers at most. @default one per core (at least 1). Measured on 2 cores (README, Benchmarks):
    * 2 workers beat 1 by ~10-15 % in deliveries/s; each costs ~25 MiB of resident memory with
    * `deno task start`'s V8 heap flags.
    */

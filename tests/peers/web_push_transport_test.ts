@@ -9,9 +9,13 @@ import { startWebPushTesting } from "./web_push_testing.ts";
 const NOW = Date.UTC(2026, 10, 24, 12, 0, 0);
 const now = () => NOW;
 
+/**
+ * VAPID on the real clock: web-push-testing checks the JWT's `exp` against its own clock, so a
+ * fixed test clock would turn into an expired token once real time passes it.
+ */
 async function relayVapid() {
   const keys = await generateVapidKeys();
-  return await createVapid({ ...keys, subject: "mailto:ops@relay.example", now });
+  return await createVapid({ ...keys, subject: "mailto:ops@relay.example", now: Date.now });
 }
 
 function update(data: Record<string, unknown>, extra: Partial<OutboundMessage> = {}) {
