@@ -95,6 +95,15 @@ async function machine() {
   };
 }
 
+/** The 1-minute load average, or "unknown" off Linux. */
+async function loadAverage(): Promise<string> {
+  try {
+    return (await Deno.readTextFile("/proc/loadavg")).split(" ")[0] ?? "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
 // --- 1. crypto floor --------------------------------------------------------------------------
 
 interface FloorResult {
@@ -349,6 +358,8 @@ interface Results {
   machine: Awaited<ReturnType<typeof machine>>;
   /** How the relay process was started. */
   relayCommand: string;
+  /** 1-minute load average (Linux) when the run started and ended: other work on the machine. */
+  load: { start: string; end: string };
   date: string;
   floors: FloorResult[];
   floor: number;
@@ -446,8 +457,9 @@ function markdown(r: Results): string {
 Written by \`deno task bench\` (bench/run.ts) on ${r.date}. Do not edit by hand; see the
 README's Benchmarks section for how to run it and what each figure means.
 
-- **Machine:** ${m.cores} cores, ${m.cpu}, ${m.os} (a shared VM: expect ±10 % between runs; ratios
-  are measured in the same run)
+- **Machine:** ${m.cores} cores, ${m.cpu}, ${m.os}; 1-minute load average ${r.load.start} at the
+  start and ${r.load.end} at the end (on a shared VM other work skews absolute figures, by 30 % and
+  more when it is busy; ratios are measured in the same run)
 - **Runtime:** Deno ${m.deno} (V8 ${m.v8}); Node.js ${m.node} for the web-push comparison and the sink
 - **Relay:** its own process, started as \`deno task start\` does (\`${r.relayCommand}\`), KV in a
   local SQLite file, \`RELAY_ALLOW_PRIVATE_ENDPOINTS=1\`, the sink's CA trusted through \`DENO_CERT\`;
@@ -470,6 +482,7 @@ async function main() {
   const results: Results = {
     machine: m,
     relayCommand: `deno run ${[...(await startTaskFlags()), ...relayFlags].join(" ")} main.ts`,
+    load: { start: await loadAverage(), end: "" },
     date,
     floors: [],
     floor: 0,
@@ -568,6 +581,7 @@ async function main() {
   }
 
   if (!results.floor) results.floor = NaN;
+  results.load.end = await loadAverage();
   console.log(table(results));
   if (failures.length > 0) {
     console.error(`bench: ${failures.length} check(s) failed`);
