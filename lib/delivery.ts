@@ -1319,10 +1319,11 @@ export class DeliveryEngine {
         new Promise<boolean>((r) => (timer = setTimeout(() => r(false), Math.max(0, ms)))),
       ]).finally(() => clearTimeout(timer));
     };
-    const started = Date.now();
+    // Wall-clock budget (monotonic), not the injected domain clock.
+    const started = performance.now();
     if (!(await settled(timeoutMs - 1000))) {
       this.abort.abort();
-      await settled(timeoutMs - (Date.now() - started) - 200);
+      await settled(timeoutMs - (performance.now() - started) - 200);
     }
     clearInterval(this.beatTimer);
     this.beatTimer = undefined;

@@ -120,6 +120,8 @@ export interface GatewayClientOptions {
   topicMap?: TopicGatewayMap | undefined;
   /** Injected `fetch`; default `globalThis.fetch`. */
   fetch?: typeof fetch | undefined;
+  /** Clock (epoch ms) that decides whether an `expires` is past; default `Date.now`. */
+  now?: (() => number) | undefined;
 }
 
 /** Largest chunk {@linkcode GatewayClient.push} sends: 100 messages, as OX App Suite does. */
@@ -155,9 +157,11 @@ export class GatewayClient {
   readonly #chunkSize: number;
   readonly #timeoutMs: number;
   readonly #fetch: typeof fetch;
+  readonly #now: () => number;
   readonly #map: TopicGatewayMap | undefined;
 
   constructor(options: GatewayClientOptions) {
+    this.#now = options.now ?? Date.now;
     const url = new URL(options.url);
     if (url.username || url.password) {
       throw new TypeError("Gateway URL must not hold credentials: pass a token instead");
@@ -281,7 +285,7 @@ export class GatewayClient {
       },
     }, true);
     const expiresAt = Date.parse(expires);
-    if (this.#map && !(expiresAt <= Date.now())) {
+    if (this.#map && !(expiresAt <= this.#now())) {
       for (const topic of sub.topics) this.#map.subscribed(topic, this.id);
     }
     const pushUrl = (json as { "push-url"?: unknown })["push-url"];

@@ -10,13 +10,14 @@ import assert from "node:assert/strict";
 import { startRelayProcess } from "./peers/relay_process.ts";
 import {
   leftoverWork,
+  pushToRelay,
+  relayProcessEnv,
   seedSubscribers,
   startCountingPushService,
   userAgentKeys,
   waitUntil,
 } from "./fixtures/delivery.ts";
 
-const TOKEN = "crash-test-token-0123456789";
 const SUBSCRIBERS = 3000;
 
 Deno.test("Crash: a relay killed with SIGKILL half way through a 3000-subscriber fan-out loses nothing after a restart", async () => {
@@ -34,25 +35,15 @@ Deno.test("Crash: a relay killed with SIGKILL half way through a 3000-subscriber
       keys: userAgentKeys(),
     });
     const seeded = performance.now();
-    const env = {
-      RELAY_KV_PATH: kvPath,
-      RELAY_APPS: `app:${TOKEN}`,
-      RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
-      RELAY_REGISTRATION_RATE_LIMIT: "0",
-      RELAY_COALESCE_MS: "0",
-      // Advanced tuning: a dead process's work is taken over 1.5 s after its last heartbeat
-      // (default 15 s), so the restarted relay resumes quickly.
-      RELAY_LEASE_MS: "1500",
-    };
+    // Advanced tuning: a dead process's work is taken over 1.5 s after its last heartbeat
+    // (default 15 s), so the restarted relay resumes quickly.
+    const env = relayProcessEnv(kvPath, { RELAY_LEASE_MS: "1500" });
     const first = await startRelayProcess(env);
-    const res = await fetch(`${first.url}/gateway`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
-      body: JSON.stringify({ push: [{ topic: "crash-topic", timestamp: "2026-11-24T09:15:02Z" }] }),
-    });
     // The 200 means the work is durable: every unlisted topic counts as delivered.
-    assert.equal(res.status, 200);
-    assert.deepEqual(await res.json(), { "push-response": {} });
+    assert.deepEqual(
+      await pushToRelay(first.url, { topic: "crash-topic", timestamp: "2026-11-24T09:15:02Z" }),
+      [200, { "push-response": {} }],
+    );
 
     await waitUntil(() => push.total() >= SUBSCRIBERS / 2, 20_000, "half of the fan-out");
     await first.kill(); // SIGKILL: no shutdown handler runs

@@ -9,13 +9,14 @@ import assert from "node:assert/strict";
 import { startRelayProcess } from "./peers/relay_process.ts";
 import {
   leftoverWork,
+  pushToRelay,
+  relayProcessEnv,
   seedSubscribers,
   startCountingPushService,
   userAgentKeys,
   waitUntil,
 } from "./fixtures/delivery.ts";
 
-const TOKEN = "shutdown-test-token-0123456789";
 const SUBSCRIBERS = 1500;
 
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
@@ -32,21 +33,9 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
         endpoint: push.endpoint,
         keys: userAgentKeys(),
       });
-      const env = {
-        RELAY_KV_PATH: kvPath,
-        RELAY_APPS: `app:${TOKEN}`,
-        RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
-        RELAY_REGISTRATION_RATE_LIMIT: "0",
-        RELAY_COALESCE_MS: "0",
-      };
+      const env = relayProcessEnv(kvPath);
       const first = await startRelayProcess(env);
-      const res = await fetch(`${first.url}/gateway`, {
-        method: "POST",
-        headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
-        body: JSON.stringify({ push: [{ topic: "t" }] }),
-      });
-      assert.equal(res.status, 200);
-      await res.body?.cancel();
+      assert.equal((await pushToRelay(first.url, { topic: "t" }))[0], 200);
       await waitUntil(() => push.total() >= SUBSCRIBERS / 3, 20_000, "a third of the fan-out");
       const stopAt = performance.now();
       const code = await first.stop(signal);
@@ -101,21 +90,9 @@ Deno.test("Shutdown: a push service that hangs cannot hold SIGTERM past 5 s; abo
       endpoint: push.endpoint,
       keys: userAgentKeys(),
     });
-    const env = {
-      RELAY_KV_PATH: kvPath,
-      RELAY_APPS: `app:${TOKEN}`,
-      RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
-      RELAY_REGISTRATION_RATE_LIMIT: "0",
-      RELAY_COALESCE_MS: "0",
-    };
+    const env = relayProcessEnv(kvPath);
     const first = await startRelayProcess(env);
-    const res = await fetch(`${first.url}/gateway`, {
-      method: "POST",
-      headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
-      body: JSON.stringify({ push: [{ topic: "t" }] }),
-    });
-    assert.equal(res.status, 200);
-    await res.body?.cancel();
+    assert.equal((await pushToRelay(first.url, { topic: "t" }))[0], 200);
     // The fan-out's 64 sends hang at the push service.
     await waitUntil(() => push.inFlight() >= 64, 10_000, "64 hanging sends");
     const stopAt = performance.now();

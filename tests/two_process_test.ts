@@ -11,13 +11,14 @@ import assert from "node:assert/strict";
 import { startRelayProcess } from "./peers/relay_process.ts";
 import {
   leftoverWork,
+  pushToRelay,
+  relayProcessEnv,
   seedSubscribers,
   startCountingPushService,
   userAgentKeys,
   waitUntil,
 } from "./fixtures/delivery.ts";
 
-const TOKEN = "two-process-token-0123456789";
 const SUBSCRIBERS = 400;
 const MESSAGES = 6;
 
@@ -35,13 +36,7 @@ Deno.test("Two relay processes on one KV deliver each (message, subscription) ex
       endpoint: push.endpoint,
       keys,
     });
-    const env = {
-      RELAY_KV_PATH: kvPath,
-      RELAY_APPS: `app:${TOKEN}`,
-      RELAY_ALLOW_PRIVATE_ENDPOINTS: "1",
-      RELAY_REGISTRATION_RATE_LIMIT: "0",
-      RELAY_COALESCE_MS: "0",
-    };
+    const env = relayProcessEnv(kvPath);
     // One after the other: two first starts at the same instant on one SQLite file can fail
     // with "database is locked" while creating the generated keys (a startup issue, not
     // delivery's).
@@ -51,13 +46,7 @@ Deno.test("Two relay processes on one KV deliver each (message, subscription) ex
     try {
       const stamps = [...Array(MESSAGES).keys()].map((i) => `2026-11-24T09:15:0${i}Z`);
       const answers = await Promise.all(stamps.map(async (timestamp, i) => {
-        const relay = i % 2 === 0 ? a : b;
-        const res = await fetch(`${relay.url}/gateway`, {
-          method: "POST",
-          headers: { "content-type": "application/json", authorization: `Bearer ${TOKEN}` },
-          body: JSON.stringify({ push: [{ topic: "shared", timestamp }] }),
-        });
-        return [res.status, await res.json()];
+        return await pushToRelay((i % 2 === 0 ? a : b).url, { topic: "shared", timestamp });
       }));
       for (const answer of answers) assert.deepEqual(answer, [200, { "push-response": {} }]);
       await waitUntil(
