@@ -384,23 +384,13 @@ export class Store {
     exp: number,
     now: number,
   ): Promise<string[]> {
-    const created: string[] = [];
     const expireIn = Math.max(1, exp - now) + GC_MARGIN_MS;
-    // Each subscription's record is checked (so the subscription count stays exact when two
-    // writers race): five keys per subscription, at most 100 checks per atomic.
-    const batches = sizedBatches(
+    const batches = await this.checkedSubscriptionBatches(
+      app,
+      clientId,
       topics,
-      (t) => (subscriptionKeyBytes(app, t, clientId) * 5) / 4,
-      KEY_BYTES_PER_ATOMIC,
-      CHECKED_SUBS_PER_ATOMIC,
-    );
-    for (const chunk of batches) {
-      for (let attempt = 1;; attempt++) {
-        const existing = await getManyChunked<SubscriptionValue>(
-          this.kv,
-          chunk.map((t) => subKey(app, t, clientId)),
-        );
-        const op = this.kv.atomic();
+      "record",
+      (op, chunk, existing) => {
         const fresh: string[] = [];
         let added = 0;
         chunk.forEach((topic, j) => {
@@ -416,21 +406,58 @@ export class Store {
             .set(subExpiryKey(exp, app, topic, clientId), null, { expireIn });
         });
         countSubscriptions(op, added);
-        if (await commit(op)) {
-          created.push(...fresh);
-          break;
-        }
-        if (attempt >= CHECKED_ATTEMPTS) {
-          throw new StorageError("Cannot record the subscriptions: too much contention");
-        }
-      }
-    }
-    return created;
+        return fresh;
+      },
+    );
+    return batches.flat();
   }
 
   /** Removes (app, topic, client) for every topic (CC/CD 70025 §5.2.2 unsubscribe). */
   async removeSubscriptions(app: string, clientId: string, topics: string[]): Promise<number> {
-    let removed = 0;
+    const batches = await this.checkedSubscriptionBatches(
+      app,
+      clientId,
+      topics,
+      "remove",
+      (op, chunk, existing) => {
+        let n = 0;
+        chunk.forEach((topic, j) => {
+          const e = existing[j]!;
+          const old = e.value;
+          if (!old) return;
+          n++;
+          // Checked, so that a racing removal does not count the same subscription twice.
+          op.check(e).delete(subKey(app, topic, clientId)).delete(
+            subClientKey(clientId, app, topic),
+          ).delete(subExpiryKey(old.exp, app, topic, clientId));
+        });
+        if (n === 0) return null;
+        countSubscriptions(op, -n);
+        return n;
+      },
+    );
+    return batches.reduce((sum, n) => sum + n, 0);
+  }
+
+  /**
+   * Read-modify-write of one client's subscriptions to `topics`, in batches within KV's limits
+   * (each subscription's record is checked, so the subscription count stays exact when two
+   * writers race: five keys per subscription, at most 100 checks per atomic). `plan` adds a
+   * batch's mutations to `op` and returns what to report once it commits (null: nothing to
+   * write); a batch whose checks failed is read and planned again.
+   */
+  private async checkedSubscriptionBatches<R>(
+    app: string,
+    clientId: string,
+    topics: string[],
+    what: "record" | "remove",
+    plan: (
+      op: Deno.AtomicOperation,
+      chunk: string[],
+      existing: Deno.KvEntryMaybe<SubscriptionValue>[],
+    ) => R | null,
+  ): Promise<R[]> {
+    const results: R[] = [];
     const batches = sizedBatches(
       topics,
       (t) => (subscriptionKeyBytes(app, t, clientId) * 5) / 4,
@@ -444,29 +471,18 @@ export class Store {
           chunk.map((t) => subKey(app, t, clientId)),
         );
         const op = this.kv.atomic();
-        let n = 0;
-        chunk.forEach((topic, j) => {
-          const e = existing[j]!;
-          const old = e.value;
-          if (!old) return;
-          n++;
-          // Checked, so that a racing removal does not count the same subscription twice.
-          op.check(e).delete(subKey(app, topic, clientId)).delete(
-            subClientKey(clientId, app, topic),
-          ).delete(subExpiryKey(old.exp, app, topic, clientId));
-        });
-        if (n === 0) break;
-        countSubscriptions(op, -n);
+        const result = plan(op, chunk, existing);
+        if (result === null) break;
         if (await commit(op)) {
-          removed += n;
+          results.push(result);
           break;
         }
         if (attempt >= CHECKED_ATTEMPTS) {
-          throw new StorageError("Cannot remove the subscriptions: too much contention");
+          throw new StorageError(`Cannot ${what} the subscriptions: too much contention`);
         }
       }
     }
-    return removed;
+    return results;
   }
 
   /**
