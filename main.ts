@@ -5,6 +5,7 @@
  * @module
  */
 
+import { describeError } from "./lib/errors.ts";
 import { ConfigError, loadConfig } from "./lib/config.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { createRelay } from "./lib/relay.ts";
@@ -44,11 +45,15 @@ if (onDeploy && typeof Deno.cron === "function") {
   Deno.cron("dav-push-relay worker", "* * * * *", () => relay.engine.tick());
 } else {
   ticker = setInterval(() => {
-    relay.engine.tick().catch((err) => logger.log("error", "tick.error", { error: String(err) }));
+    relay.engine.tick().catch((err) =>
+      logger.log("error", "tick.error", { error: describeError(err) })
+    );
   }, TICK_MS);
 }
 // Pick up what a previous run left (crash or restart) right away.
-relay.engine.tick().catch((err) => logger.log("error", "tick.error", { error: String(err) }));
+relay.engine.tick().catch((err) =>
+  logger.log("error", "tick.error", { error: describeError(err) })
+);
 
 const shutdown = new AbortController();
 const server = Deno.serve({

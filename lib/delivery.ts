@@ -23,6 +23,7 @@
  * @module
  */
 
+import { describeError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { Metrics } from "./metrics.ts";
 import type { Sealer } from "./seal.ts";
@@ -478,7 +479,7 @@ export class DeliveryEngine {
         const b = this.heartbeat();
         this.store.beat(b.owner, b.value).then(
           () => this.beaten(b),
-          (err) => this.logger.log("error", "heartbeat.error", { error: String(err) }),
+          (err) => this.logger.log("error", "heartbeat.error", { error: describeError(err) }),
         );
       }, Math.max(100, Math.floor(this.leaseMs / 3)));
     }
@@ -747,7 +748,10 @@ export class DeliveryEngine {
     this.hold(key);
     return this.track(
       this.fanOutInner(entry).catch((err) => {
-        this.logger.log("error", "fanout.error", { message: entry.value.id, error: String(err) });
+        this.logger.log("error", "fanout.error", {
+          message: entry.value.id,
+          error: describeError(err),
+        });
       }).finally(() => this.unhold(key)),
     );
   }
@@ -757,7 +761,7 @@ export class DeliveryEngine {
     this.hold(key);
     return this.track(
       this.deliverQueued(entry).catch((err) => {
-        this.logger.log("error", "delivery.error", { error: String(err) });
+        this.logger.log("error", "delivery.error", { error: describeError(err) });
       }).finally(() => this.unhold(key)),
     );
   }
@@ -831,7 +835,10 @@ export class DeliveryEngine {
         }
       }).catch((err) => {
         broken = true;
-        this.logger.log("error", "fanout.commit_error", { message: m.id, error: String(err) });
+        this.logger.log("error", "fanout.commit_error", {
+          message: m.id,
+          error: describeError(err),
+        });
       });
       return chain;
     };
@@ -888,7 +895,10 @@ export class DeliveryEngine {
           (err) => {
             item.state = "error";
             broken = true;
-            this.logger.log("error", "fanout.send_error", { message: m.id, error: String(err) });
+            this.logger.log("error", "fanout.send_error", {
+              message: m.id,
+              error: describeError(err),
+            });
           },
         ).finally(() => {
           sem.release();
@@ -942,7 +952,10 @@ export class DeliveryEngine {
     // tick) takes it over at once.
     await this.store.advanceOutbox(entry, { cursor: entry.value.cursor, lease: FREE, done: false })
       .catch((err) =>
-        this.logger.log("error", "fanout.release_error", { message: m.id, error: String(err) })
+        this.logger.log("error", "fanout.release_error", {
+          message: m.id,
+          error: describeError(err),
+        })
       );
   }
 
@@ -1209,7 +1222,9 @@ export class DeliveryEngine {
     this.wakeTimer = setTimeout(() => {
       this.wakeTimer = undefined;
       this.wakeAt = Infinity;
-      this.tick().catch((err) => this.logger.log("error", "tick.error", { error: String(err) }));
+      this.tick().catch((err) =>
+        this.logger.log("error", "tick.error", { error: describeError(err) })
+      );
     }, Math.min(delay, 2 ** 31 - 1));
   }
 

@@ -26,3 +26,16 @@ export class StorageError extends Error {
     super(message, options);
   }
 }
+
+/**
+ * An error for a log line: its name and message and, for a storage failure, what KV said
+ * (e.g. "database is locked"). Other causes are left out: a fetch error's text can carry an
+ * endpoint URL, which never goes to logs (CONTRACT §4).
+ */
+export function describeError(err: unknown): string {
+  const text = String(err);
+  if (err instanceof StorageError && err.cause instanceof Error) {
+    return `${text} (${err.cause.message})`;
+  }
+  return text;
+}

@@ -245,11 +245,99 @@ interface ActiveWaiter {
   reject: (err: unknown) => void;
 }
 
+/**
+ * The local SQLite backend answers "database is locked" (SQLITE_BUSY) when another process on
+ * the same file holds the write lock for longer than KV's own short wait, which happens with two
+ * relay processes on one file on a loaded machine. SQLite guarantees the statement did not take
+ * effect, so trying again is safe, even for atomics with `sum` mutations. Without this, a fan-out
+ * whose cursor commit failed gave its page back and the next holder sent that page again
+ * (issue 4: the duplicates seen under load with neither a retry nor a takeover).
+ */
+const BUSY = /database is (locked|busy)/i;
+/** Attempts per KV call; with the backoff below a call waits up to about 3 s in total. */
+const BUSY_ATTEMPTS = 12;
+
+export function isBusy(err: unknown): boolean {
+  return err instanceof Error && BUSY.test(err.message);
+}
+
+function busyPause(attempt: number): Promise<void> {
+  const ms = Math.min(500, 5 * 2 ** attempt) * (0.5 + Math.random() / 2);
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function retryBusy<T>(call: () => Promise<T>): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await call();
+    } catch (err) {
+      if (!isBusy(err) || attempt + 1 >= BUSY_ATTEMPTS) throw err;
+      await busyPause(attempt);
+    }
+  }
+}
+
+/**
+ * `kv` with every read, write and atomic commit retried on SQLITE_BUSY (see `BUSY`). A list
+ * that fails part way resumes after the last entry it yielded.
+ */
+export function retryingKv(kv: Deno.Kv): Deno.Kv {
+  const list = <T>(selector: Deno.KvListSelector, options: Deno.KvListOptions = {}) =>
+    (async function* () {
+      let cursor = options.cursor;
+      let left = options.limit;
+      for (let attempt = 0;; attempt++) {
+        if (left !== undefined && left <= 0) return;
+        const it = kv.list<T>(selector, {
+          ...options,
+          ...(cursor !== undefined ? { cursor } : {}),
+          ...(left !== undefined ? { limit: left } : {}),
+        });
+        try {
+          for await (const e of it) {
+            yield e;
+            cursor = it.cursor;
+            if (left !== undefined) left--;
+          }
+          return;
+        } catch (err) {
+          if (!isBusy(err) || attempt + 1 >= BUSY_ATTEMPTS) throw err;
+          await busyPause(attempt);
+        }
+      }
+    })();
+  return new Proxy(kv, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      switch (prop) {
+        case "get":
+        case "getMany":
+        case "set":
+        case "delete":
+          return (...args: unknown[]) => retryBusy(() => value.apply(target, args));
+        case "list":
+          return list;
+        case "atomic":
+          return () => {
+            const op = target.atomic();
+            const commit = op.commit.bind(op);
+            op.commit = () => retryBusy(commit);
+            return op;
+          };
+        default:
+          return typeof value === "function" ? value.bind(target) : value;
+      }
+    },
+  });
+}
+
 /** The relay's storage API. Every method converts KV failures into `StorageError`. */
 export class Store {
   /** Callers waiting for the next shared read of a topic (see `hasActiveSubscriber`). */
   private readonly activeReads = new Map<string, ActiveWaiter[]>();
-  constructor(readonly kv: Deno.Kv) {
+  readonly kv: Deno.Kv;
+  constructor(kv: Deno.Kv) {
+    this.kv = retryingKv(kv);
     // Wrap every method so a closed or failing KV surfaces as StorageError (CONTRACT §3: 503).
     for (const name of Object.getOwnPropertyNames(Store.prototype)) {
       if (name === "constructor") continue;
