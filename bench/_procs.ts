@@ -23,6 +23,8 @@ export interface Proc {
   pid: number;
   /** The last few KiB the process printed on stderr (warnings, errors). */
   tail(): string;
+  /** What it printed on stdout up to its ready line. */
+  head(): string;
   stop(): Promise<void>;
 }
 
@@ -76,7 +78,7 @@ async function spawnUntil(
   };
   try {
     const match = await isReady;
-    return { pid: child.pid, match, tail: () => errTail, stop };
+    return { pid: child.pid, match, tail: () => errTail, head: () => head, stop };
   } catch (e) {
     await stop();
     throw e;

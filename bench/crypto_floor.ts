@@ -10,6 +10,14 @@
  * @module
  */
 
+import { createEphemeralKeyPool, encryptWebPush, type P256Backend } from "../lib/crypto/ece.ts";
+
+/**
+ * What to time: `bare` is the floor (the textbook pipeline on Web Crypto, below); `relay` is the
+ * relay's own `encryptWebPush` with its key pool and the given P-256 implementation.
+ */
+export type Pipeline = { kind: "bare" } | { kind: "relay"; p256: P256Backend };
+
 const P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
 const text = new TextEncoder();
 const KEY_INFO = text.encode("WebPush: info\0");
@@ -111,21 +119,37 @@ export const BENCH_PAYLOAD = text.encode(
   }),
 );
 
-/** Bare pipeline in this isolate with `inFlight` messages in flight. */
-export async function measureFloorHere(inFlight: number, ms: number): Promise<number> {
+/** `pipeline` in this isolate with `inFlight` messages in flight; returns messages/s. */
+export async function measureFloorHere(
+  inFlight: number,
+  ms: number,
+  pipeline: Pipeline = { kind: "bare" },
+): Promise<number> {
   const to = await makeSubscriber();
-  await rate(() => encryptBare(to, BENCH_PAYLOAD), inFlight, Math.min(300, ms)); // warm-up
-  return await rate(() => encryptBare(to, BENCH_PAYLOAD), inFlight, ms);
+  if (pipeline.kind === "bare") {
+    await rate(() => encryptBare(to, BENCH_PAYLOAD), inFlight, Math.min(300, ms)); // warm-up
+    return await rate(() => encryptBare(to, BENCH_PAYLOAD), inFlight, ms);
+  }
+  const keyPool = createEphemeralKeyPool({ size: 16, p256: pipeline.p256 });
+  try {
+    const input = { plaintext: BENCH_PAYLOAD, uaPublic: to.p256dh, authSecret: to.auth };
+    const op = () => encryptWebPush(input, { keyPool });
+    await rate(op, inFlight, Math.min(300, ms));
+    return await rate(op, inFlight, ms);
+  } finally {
+    await keyPool.close();
+  }
 }
 
 /**
- * Bare pipeline in `workers` module workers at once (one per core), `inFlight` messages in
+ * `pipeline` in `workers` module workers at once (one per core), `inFlight` messages in
  * flight in each; returns the sum of their rates.
  */
 export async function measureFloorWorkers(
   workers: number,
   inFlight: number,
   ms: number,
+  pipeline: Pipeline = { kind: "bare" },
 ): Promise<number> {
   const url = new URL("./floor_worker.ts", import.meta.url);
   const ws = Array.from({ length: workers }, () => new Worker(url, { type: "module" }));
@@ -142,7 +166,7 @@ export async function measureFloorWorkers(
     await Promise.all(ws.map(answer));
     const rates = await Promise.all(ws.map((w) => {
       const r = answer(w);
-      w.postMessage({ inFlight, ms });
+      w.postMessage({ inFlight, ms, pipeline });
       return r;
     }));
     return rates.reduce((a, b) => a + b, 0);

@@ -5,6 +5,7 @@ import ece from "http_ece";
 import {
   createEphemeralKeyPool,
   encryptWebPush,
+  fastestP256Backend,
   generateEphemeralKeyPair,
   importEphemeralKeyPair,
   isP256Point,
@@ -48,20 +49,54 @@ function decryptWithHttpEce(body: Uint8Array, ua: ReturnType<typeof userAgent>):
   return fromUtf8(new Uint8Array(plaintext));
 }
 
-Deno.test("RFC 8291 Appendix A: encryptWebPush() reproduces the example body byte for byte", async () => {
-  const asKeyPair = await importEphemeralKeyPair(
-    decodeBase64Url(RFC8291.asPublic),
-    decodeBase64Url(RFC8291.asPrivate),
+for (const backend of ["node", "webcrypto"] as const) {
+  Deno.test(`RFC 8291 Appendix A: encryptWebPush() reproduces the example body byte for byte (P-256 on ${backend})`, async () => {
+    const asKeyPair = await importEphemeralKeyPair(
+      decodeBase64Url(RFC8291.asPublic),
+      decodeBase64Url(RFC8291.asPrivate),
+      backend,
+    );
+    const body = await encryptWebPush(
+      {
+        plaintext: RFC8291.plaintext,
+        uaPublic: decodeBase64Url(RFC8291.uaPublic),
+        authSecret: decodeBase64Url(RFC8291.authSecret),
+      },
+      { asKeyPair, salt: decodeBase64Url(RFC8291.salt) },
+    );
+    assert.equal(encodeBase64Url(body), RFC8291.body);
+  });
+
+  Deno.test(`RFC 8291 §3.1/§3.3: a fresh ${backend} key pair agrees on the secret the UA computes, and http_ece decrypts`, async () => {
+    const ua = userAgent();
+    const pair = await generateEphemeralKeyPair(backend);
+    assert.equal(pair.publicKey.length, 65);
+    assert.ok(isP256Point(pair.publicKey));
+    const ours = await pair.agree(ua.uaPublic);
+    assert.deepEqual(ours, new Uint8Array(ua.ecdh.computeSecret(pair.publicKey)));
+    const other = await generateEphemeralKeyPair(backend);
+    assert.notDeepEqual(other.publicKey, pair.publicKey);
+    const body = await encryptWebPush(
+      { plaintext: "fresh", uaPublic: ua.uaPublic, authSecret: ua.auth },
+      { p256: backend },
+    );
+    assert.equal(decryptWithHttpEce(body, ua), "fresh");
+  });
+}
+
+Deno.test("importEphemeralKeyPair() refuses a public key that is not the private key's", async () => {
+  const wrong = userAgent().uaPublic;
+  await assert.rejects(
+    importEphemeralKeyPair(wrong, decodeBase64Url(RFC8291.asPrivate), "node"),
+    /does not match the private key/,
   );
-  const body = await encryptWebPush(
-    {
-      plaintext: RFC8291.plaintext,
-      uaPublic: decodeBase64Url(RFC8291.uaPublic),
-      authSecret: decodeBase64Url(RFC8291.authSecret),
-    },
-    { asKeyPair, salt: decodeBase64Url(RFC8291.salt) },
-  );
-  assert.equal(encodeBase64Url(body), RFC8291.body);
+});
+
+Deno.test("fastestP256Backend() picks one of the two implementations, once per isolate", async () => {
+  const first = await fastestP256Backend();
+  assert.ok(first === "node" || first === "webcrypto");
+  assert.equal(await fastestP256Backend(), first);
+  console.log(`P-256 on ${first} in Deno ${Deno.version.deno}`);
 });
 
 Deno.test("RFC 8291 Appendix A: http_ece decrypts the example body with the UA private key", () => {
@@ -223,13 +258,6 @@ Deno.test("RFC 8291 §3.1: messages encrypted from a key pool use distinct as_pu
   } finally {
     await pool.close();
   }
-});
-
-Deno.test("generateEphemeralKeyPair() exports a 65-byte uncompressed public point", async () => {
-  const pair = await generateEphemeralKeyPair();
-  assert.equal(pair.publicKey.length, 65);
-  assert.equal(pair.publicKey[0], 0x04);
-  assert.equal(pair.privateKey.extractable, false);
 });
 
 Deno.test("SEC 1 §2.3.4: isP256Point() accepts node:crypto's points and rejects a flipped bit", () => {

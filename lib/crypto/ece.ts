@@ -1,23 +1,22 @@
 /**
- * Web Push message encryption (RFC 8291) in the `aes128gcm` content coding (RFC 8188), on Web
- * Crypto only so it runs on Deno Deploy. One record of at most 4096 bytes, as RFC 8291 §4
- * requires of push messages.
+ * Web Push message encryption (RFC 8291) in the `aes128gcm` content coding (RFC 8188). One
+ * record of at most 4096 bytes, as RFC 8291 §4 requires of push messages.
  *
- * Cost (platform.md §8): the ECDH `deriveBits` and the first export of a fresh public key
- * dominate. {@link createEphemeralKeyPool} moves key generation and export off the delivery
- * path; each key pair is still used for exactly one message (RFC 8291 §3.1).
+ * Cost (issue 5; platform.md §8): the two P-256 operations (a fresh sender key pair, then the
+ * ECDH) are nearly all of it. They run on whichever of two implementations this runtime does
+ * faster, measured once per isolate ({@link fastestP256Backend}): `node:crypto`'s `createECDH`
+ * (synchronous; on Deno 2.5, what Deno Deploy runs, about 3 times cheaper than Web Crypto) or
+ * Web Crypto (on Deno 2.9 the two are within ~15 %). HKDF and AES-128-GCM use `node:crypto`'s
+ * synchronous HMAC and cipher: a few microseconds each, where Web Crypto's asynchronous calls
+ * cost ~50-70 µs apiece in thread hand-offs. Each key pair is used for exactly one message
+ * (RFC 8291 §3.1).
  *
  * @module
  */
 
-import {
-  concat,
-  decodeBase64Url,
-  encodeBase64Url,
-  isBase64Url,
-  randomBytes,
-  utf8,
-} from "../encoding.ts";
+import { createCipheriv, createECDH, createHmac } from "node:crypto";
+import process from "node:process";
+import { decodeBase64Url, encodeBase64Url, isBase64Url, randomBytes, utf8 } from "../encoding.ts";
 
 /** RFC 8188 §2 record size the relay writes: one record, the most a push message may hold. */
 export const RECORD_SIZE = 4096;
@@ -29,18 +28,25 @@ export const RECORD_SIZE = 4096;
 export const MAX_PLAINTEXT_BYTES = 3993;
 
 const HEADER_BYTES = 16 + 4 + 1 + 65;
+const TAG_BYTES = 16;
 const ECDH_P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
 
 // RFC 8291 §3.4 and RFC 8188 §2.2/§2.3 info strings, each with its trailing zero octet.
 const KEY_INFO_PREFIX = utf8("WebPush: info\0");
 const CEK_INFO = utf8("Content-Encoding: aes128gcm\0");
 const NONCE_INFO = utf8("Content-Encoding: nonce\0");
+/** RFC 5869 §2.3: T(1) = HMAC(PRK, info || 0x01); one block covers every length used here. */
+const ONE = new Uint8Array([1]);
 
-/** A sender (application server) ECDH key pair with its public key already exported. */
+/** Which implementation runs the P-256 operations. */
+export type P256Backend = "node" | "webcrypto";
+
+/** A sender (application server) ECDH key pair, used for one message only. */
 export interface EphemeralKeyPair {
-  privateKey: CryptoKey;
   /** The 65-byte uncompressed public point (`as_public`, RFC 8291 §3.1). */
   publicKey: Uint8Array;
+  /** RFC 8291 §3.3: the 32-byte ECDH shared secret with a subscriber's `p256dh` point. */
+  agree(uaPublic: Uint8Array): Promise<Uint8Array>;
 }
 
 export interface EncryptWebPushInput {
@@ -62,6 +68,20 @@ export interface EncryptWebPushOptions {
   salt?: Uint8Array;
   /** Where to take a fresh key pair from; one is generated inline when absent. */
   keyPool?: EphemeralKeyPool;
+  /** The P-256 implementation for a key pair generated inline. @default the faster here */
+  p256?: P256Backend;
+}
+
+/** Node.js `Buffer` (or any view) as a plain `Uint8Array` over the same bytes. */
+function bytes(view: ArrayBufferView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
+
+/** HMAC-SHA-256 of the concatenated `data` (RFC 2104), synchronously. */
+function hmac(key: Uint8Array, ...data: Uint8Array[]): Uint8Array {
+  const h = createHmac("sha256", key);
+  for (const d of data) h.update(d);
+  return bytes(h.digest());
 }
 
 /**
@@ -98,108 +118,136 @@ export async function encryptWebPush(
       `Cannot encrypt Web Push message: salt must be 16 bytes, got ${salt.length}`,
     );
   }
-
   if (!isP256Point(uaPublic)) {
     throw new TypeError("Cannot encrypt Web Push message: p256dh is not a point on P-256");
   }
-  let uaKey: CryptoKey;
+  const asKeyPair = options.asKeyPair ??
+    (options.keyPool ? await options.keyPool.take() : await generateEphemeralKeyPair(options.p256));
+
+  // RFC 8291 §3.3: the ECDH shared secret.
+  let ecdhSecret: Uint8Array;
   try {
-    uaKey = await crypto.subtle.importKey("raw", uaPublic as BufferSource, ECDH_P256, false, []);
+    ecdhSecret = await asKeyPair.agree(uaPublic);
   } catch {
     throw new TypeError("Cannot encrypt Web Push message: p256dh is not a point on P-256");
   }
-  const asKeyPair = options.asKeyPair ??
-    (options.keyPool ? await options.keyPool.take() : await generateEphemeralKeyPair());
-
-  // RFC 8291 §3.3: the ECDH shared secret; §3.4: HKDF(auth_secret, ecdh_secret,
-  // "WebPush: info" || 0x00 || ua_public || as_public, 32) gives the IKM for RFC 8188.
-  const ecdhSecret = await crypto.subtle.deriveBits(
-    { name: "ECDH", public: uaKey },
-    asKeyPair.privateKey,
-    256,
+  // RFC 8291 §3.4: IKM = HKDF(auth_secret, ecdh_secret, "WebPush: info" || 0x00 || ua_public
+  // || as_public, 32), then RFC 8188 §2.2/§2.3: CEK and nonce from HKDF(salt, IKM, ...). Every
+  // output fits one SHA-256 block, so each HKDF is one extract and one expand HMAC.
+  const ikm = hmac(
+    hmac(authSecret, ecdhSecret),
+    KEY_INFO_PREFIX,
+    uaPublic,
+    asKeyPair.publicKey,
+    ONE,
   );
-  const ikm = await hkdf(
-    authSecret,
-    new Uint8Array(ecdhSecret),
-    concat(KEY_INFO_PREFIX, uaPublic, asKeyPair.publicKey),
-    32,
-  );
-  // RFC 8188 §2.2 and §2.3: CEK and nonce from the same PRK; the nonce of record 0 is the
-  // derived nonce itself (sequence number 0 XORed in).
-  const ikmKey = await crypto.subtle.importKey("raw", ikm as BufferSource, "HKDF", false, [
-    "deriveBits",
-  ]);
-  const [cek, nonce] = await Promise.all([
-    deriveHkdf(ikmKey, salt, CEK_INFO, 16),
-    deriveHkdf(ikmKey, salt, NONCE_INFO, 12),
-  ]);
-  const aesKey = await crypto.subtle.importKey("raw", cek as BufferSource, "AES-GCM", false, [
-    "encrypt",
-  ]);
+  const prk = hmac(salt, ikm);
+  const cek = hmac(prk, CEK_INFO, ONE).subarray(0, 16);
+  // The nonce of record 0 is the derived nonce itself (sequence number 0 XORed in).
+  const nonce = hmac(prk, NONCE_INFO, ONE).subarray(0, 12);
 
   // RFC 8188 §2: the last (here the only) record ends with the delimiter 0x02 and no padding.
   const record = new Uint8Array(plaintext.length + 1);
   record.set(plaintext);
   record[plaintext.length] = 0x02;
-  const ciphertext = new Uint8Array(
-    await crypto.subtle.encrypt(
-      { name: "AES-GCM", iv: nonce as BufferSource, tagLength: 128 },
-      aesKey,
-      record as BufferSource,
-    ),
-  );
+  const cipher = createCipheriv("aes-128-gcm", cek, nonce);
+  const ciphertext = bytes(cipher.update(record));
+  const rest = bytes(cipher.final());
 
-  const body = new Uint8Array(HEADER_BYTES + ciphertext.length);
+  const body = new Uint8Array(HEADER_BYTES + record.length + TAG_BYTES);
   body.set(salt, 0);
   new DataView(body.buffer).setUint32(16, RECORD_SIZE);
   body[20] = 65;
   body.set(asKeyPair.publicKey, 21);
   body.set(ciphertext, HEADER_BYTES);
+  body.set(rest, HEADER_BYTES + ciphertext.length);
+  body.set(bytes(cipher.getAuthTag()), HEADER_BYTES + record.length);
   return body;
 }
 
-async function hkdf(
-  salt: Uint8Array,
-  ikm: Uint8Array,
-  info: Uint8Array,
-  length: number,
-): Promise<Uint8Array> {
-  const key = await crypto.subtle.importKey("raw", ikm as BufferSource, "HKDF", false, [
-    "deriveBits",
-  ]);
-  return deriveHkdf(key, salt, info, length);
+function nodeKeyPair(): EphemeralKeyPair {
+  const ecdh = createECDH("prime256v1");
+  const publicKey = bytes(ecdh.generateKeys());
+  // deno-lint-ignore require-await
+  return { publicKey, agree: async (ua) => bytes(ecdh.computeSecret(ua)) };
 }
 
-async function deriveHkdf(
-  key: CryptoKey,
-  salt: Uint8Array,
-  info: Uint8Array,
-  length: number,
-): Promise<Uint8Array> {
-  const bits = await crypto.subtle.deriveBits(
-    { name: "HKDF", hash: "SHA-256", salt: salt as BufferSource, info: info as BufferSource },
-    key,
-    length * 8,
-  );
-  return new Uint8Array(bits);
+function webCryptoAgree(privateKey: CryptoKey): EphemeralKeyPair["agree"] {
+  return async (ua) => {
+    const uaKey = await crypto.subtle.importKey("raw", ua as BufferSource, ECDH_P256, false, []);
+    return new Uint8Array(
+      await crypto.subtle.deriveBits({ name: "ECDH", public: uaKey }, privateKey, 256),
+    );
+  };
 }
 
-/** Generates a fresh sender key pair and exports its public point. */
-export async function generateEphemeralKeyPair(): Promise<EphemeralKeyPair> {
+async function webCryptoKeyPair(): Promise<EphemeralKeyPair> {
   const pair = await crypto.subtle.generateKey(ECDH_P256, false, ["deriveBits"]) as CryptoKeyPair;
   const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
-  return { privateKey: pair.privateKey, publicKey };
+  return { publicKey, agree: webCryptoAgree(pair.privateKey) };
+}
+
+/** Generates a fresh sender key pair (on `backend`, by default the faster one here). */
+export async function generateEphemeralKeyPair(
+  backend?: P256Backend,
+): Promise<EphemeralKeyPair> {
+  return (backend ?? await fastestP256Backend()) === "node"
+    ? nodeKeyPair()
+    : await webCryptoKeyPair();
+}
+
+let fastest: Promise<P256Backend> | undefined;
+
+/** CPU microseconds this process used so far (every thread: Web Crypto runs on a pool). */
+function cpuMicros(): number {
+  const u = process.cpuUsage();
+  return u.user + u.system;
+}
+
+/**
+ * The P-256 implementation that costs less CPU in this runtime, measured once per isolate and
+ * remembered: 24 key pairs and ECDHs in flight on each, twice (the first round warms up the JIT
+ * and Web Crypto's thread pool), some tens of milliseconds in all. Which one wins depends on
+ * the Deno version, not on the relay: `node:crypto` on 2.5 by a factor of ~2.4, Web Crypto
+ * on 2.9 by ~10 % (bench/run.ts). Web Crypto when `node:crypto`'s ECDH is missing or fails.
+ * Call it while the process is otherwise idle (the relay does so as it starts).
+ */
+export function fastestP256Backend(): Promise<P256Backend> {
+  fastest ??= (async (): Promise<P256Backend> => {
+    let peer: Uint8Array;
+    try {
+      peer = nodeKeyPair().publicKey;
+      await nodeKeyPair().agree(peer);
+    } catch {
+      return "webcrypto";
+    }
+    const cost = async (backend: P256Backend) => {
+      const before = cpuMicros();
+      await Promise.all(
+        Array.from(
+          { length: 24 },
+          async () => (await generateEphemeralKeyPair(backend)).agree(peer),
+        ),
+      );
+      return cpuMicros() - before;
+    };
+    await cost("webcrypto");
+    await cost("node");
+    return await cost("node") <= await cost("webcrypto") ? "node" : "webcrypto";
+  })();
+  return fastest;
 }
 
 /**
  * Imports a known sender key pair (65-byte public point and 32-byte private scalar `d`), for
  * test vectors such as RFC 8291 Appendix A.
  *
- * @throws {TypeError} when the keys have the wrong length or Web Crypto refuses them
+ * @throws {TypeError} when the keys have the wrong length or do not belong together
  */
 export async function importEphemeralKeyPair(
   publicKey: Uint8Array,
   privateKey: Uint8Array,
+  backend: P256Backend = "node",
 ): Promise<EphemeralKeyPair> {
   if (publicKey.length !== 65 || publicKey[0] !== 0x04) {
     throw new TypeError(
@@ -211,6 +259,17 @@ export async function importEphemeralKeyPair(
       `Cannot import ECDH key pair: private key must be 32 bytes, got ${privateKey.length}`,
     );
   }
+  if (backend === "node") {
+    const ecdh = createECDH("prime256v1");
+    ecdh.setPrivateKey(privateKey);
+    if (encodeBase64Url(bytes(ecdh.getPublicKey())) !== encodeBase64Url(publicKey)) {
+      throw new TypeError(
+        "Cannot import ECDH key pair: the public key does not match the private key",
+      );
+    }
+    // deno-lint-ignore require-await
+    return { publicKey: publicKey.slice(), agree: async (ua) => bytes(ecdh.computeSecret(ua)) };
+  }
   const jwk: JsonWebKey = {
     kty: "EC",
     crv: "P-256",
@@ -219,7 +278,7 @@ export async function importEphemeralKeyPair(
     d: encodeBase64Url(privateKey),
   };
   const key = await crypto.subtle.importKey("jwk", jwk, ECDH_P256, false, ["deriveBits"]);
-  return { privateKey: key, publicKey: publicKey.slice() };
+  return { publicKey: publicKey.slice(), agree: webCryptoAgree(key) };
 }
 
 // P-256 domain parameters (SEC 2 §2.4.2; FIPS 186-4 D.1.2.3).
@@ -328,6 +387,8 @@ export interface EphemeralKeyPool {
 export interface EphemeralKeyPoolOptions {
   /** How many key pairs to keep ready. Default 32. */
   size?: number;
+  /** The P-256 implementation. @default the faster here ({@link fastestP256Backend}) */
+  p256?: P256Backend;
 }
 
 /**
@@ -349,7 +410,7 @@ export function createEphemeralKeyPool(options: EphemeralKeyPoolOptions = {}): E
 
   async function refillLoop(): Promise<void> {
     while (!closed && ready.length < size) {
-      const pair = await generateEphemeralKeyPair();
+      const pair = await generateEphemeralKeyPair(options.p256);
       if (closed) return;
       ready.push(pair);
       if (ready.length < size) await yieldToEventLoop();
@@ -369,7 +430,7 @@ export function createEphemeralKeyPool(options: EphemeralKeyPoolOptions = {}): E
     take() {
       const pair = ready.shift();
       if (ready.length < size) void startRefill().catch(() => {});
-      return pair ? Promise.resolve(pair) : generateEphemeralKeyPair();
+      return pair ? Promise.resolve(pair) : generateEphemeralKeyPair(options.p256);
     },
     fill() {
       return startRefill();
