@@ -262,32 +262,35 @@ interface IngestResult {
 }
 
 export async function ingest(relay: RelayProc, sink: Sink, ms: number): Promise<IngestResult> {
-  const url = `${relay.url}/gateway`;
-  const headers = { "content-type": "application/json", authorization: `Bearer ${TOKEN}` };
-  const body = () =>
-    JSON.stringify({
-      push: { messages: [{ topic: "ingest", timestamp: new Date().toISOString() }] },
-    });
-  const run = async (duration: number) => {
-    const latencies: number[] = [];
-    let errors = 0;
-    const t0 = performance.now();
-    const end = t0 + duration;
-    await Promise.all(Array.from({ length: INGEST_CLIENTS }, async () => {
-      while (performance.now() < end) {
-        const t = performance.now();
-        const res = await fetch(url, { method: "POST", headers, body: body() });
-        const text = await res.text();
-        latencies.push(performance.now() - t);
-        if (res.status !== 200 || text !== '{"push-response":{}}') errors++;
-      }
-    }));
-    return { latencies, errors, secs: (performance.now() - t0) / 1000 };
-  };
-  await run(Math.min(1000, ms / 4)); // warm-up: JIT, connections
-  await new Promise((r) => setTimeout(r, 500));
+  // The load generator runs on Node.js (bench/ingest_client.mjs), the same client for every
+  // Deno version under test, and reports the latencies it saw.
   await sink.reset();
-  const { latencies, errors, secs } = await run(ms);
+  const child = new Deno.Command("node", {
+    args: [new URL("ingest_client.mjs", import.meta.url).pathname],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(
+    new TextEncoder().encode(JSON.stringify({
+      url: `${relay.url}/gateway`,
+      token: TOKEN,
+      clients: INGEST_CLIENTS,
+      warmupMs: Math.min(1000, ms / 4),
+      ms,
+    })),
+  );
+  await writer.close();
+  const out = await child.output();
+  if (!out.success) {
+    throw new Error(`ingest client failed: ${new TextDecoder().decode(out.stderr)}`);
+  }
+  const { latencies, errors, secs } = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+    latencies: number[];
+    errors: number;
+    secs: number;
+  };
   latencies.sort((a, b) => a - b);
   const q = (p: number) =>
     latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))]!;
@@ -459,9 +462,11 @@ function table(r: Results): string {
   for (const { coalesce, r: i } of r.ingest) {
     row(
       `Ingest, RELAY_COALESCE_MS=${coalesce}`,
-      `POST /gateway, 1 message, 1 subscriber, ${INGEST_CLIENTS} concurrent clients on loopback (HTTP/1.1 keep-alive), ${
+      `POST /gateway, 1 message, 1 subscriber, ${INGEST_CLIENTS} concurrent clients on loopback (Node.js node:http, HTTP/1.1 keep-alive), ${
         P.ingestMs / 1000
-      } s after a warm-up; ${fmt(i.requests)} requests, ${i.deliveries} deliveries made meanwhile`,
+      } s after a warm-up; ${
+        fmt(i.requests)
+      } requests, ${i.deliveries} deliveries made meanwhile (warm-up included)`,
       `**${fmt(i.rate)} pushes/s**, p50 ${fmt(i.p50, 1)} ms, p99 ${fmt(i.p99, 1)} ms`,
       `p99 < 25 ms ${i.p99 < 25 ? "✅" : "❌"}`,
     );
