@@ -423,7 +423,7 @@ function table(r: Results): string {
       `**${fmt(r.floor)} msg/s** (runs: ${
         fl.map((f) => `${fmt(f.here)} / ${fmt(f.workers)}`).join("; ")
       } isolate / workers; ${fmt(fl[0]!.cpuUs)} µs CPU per message)`,
-      "the ceiling",
+      "the reference",
     );
     row(
       "The relay's own encryption (lib/crypto/ece.ts)",
@@ -529,11 +529,11 @@ function section(r: Results): string {
 ${table(r)}
 
 The floor is the textbook RFC 8291 pipeline on Web Crypto (a fresh P-256 key pair and one ECDH per
-message, RFC 8291 §3.1; HKDF and AES-GCM through Web Crypto too), which the issue takes as the
-ceiling. The relay's own encryption does the same work on whichever P-256 implementation costs less
+message, RFC 8291 §3.1; HKDF and AES-GCM through Web Crypto too), the reference the targets are
+set against. The relay's own encryption does the same work on whichever P-256 implementation costs less
 CPU in this runtime, and HKDF and AES-GCM synchronously on node:crypto, so it can pass that floor;
 each fan-out is given as a ratio to both, measured in this same run. The sink runs on the same two
-cores as the relay, as does the load generator.
+cores as the relay, as do the load generators (Node.js).
 
 <!-- /bench:${m.deno} -->`;
 }
