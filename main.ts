@@ -40,20 +40,18 @@ const relay = await createRelay({
 const TICK_MS = 1000;
 const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
 let ticker: ReturnType<typeof setInterval> | undefined;
+const tick = () =>
+  relay.engine.tick().catch((err) =>
+    logger.log("error", "tick.error", { error: describeError(err) })
+  );
 if (onDeploy && typeof Deno.cron === "function") {
   // Deno Deploy: isolates sleep when idle, so a cron wakes one to pick up left-over work.
-  Deno.cron("dav-push-relay worker", "* * * * *", () => relay.engine.tick());
+  Deno.cron("dav-push-relay worker", "* * * * *", tick);
 } else {
-  ticker = setInterval(() => {
-    relay.engine.tick().catch((err) =>
-      logger.log("error", "tick.error", { error: describeError(err) })
-    );
-  }, TICK_MS);
+  ticker = setInterval(tick, TICK_MS);
 }
 // Pick up what a previous run left (crash or restart) right away.
-relay.engine.tick().catch((err) =>
-  logger.log("error", "tick.error", { error: describeError(err) })
-);
+tick();
 
 const shutdown = new AbortController();
 const server = Deno.serve({

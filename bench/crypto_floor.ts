@@ -11,6 +11,7 @@
  */
 
 import { createEphemeralKeyPool, encryptWebPush, type P256Backend } from "../lib/crypto/ece.ts";
+import { concat, utf8 } from "../lib/encoding.ts";
 
 /**
  * What to time: `bare` is the floor (the textbook pipeline on Web Crypto, below); `relay` is the
@@ -19,10 +20,9 @@ import { createEphemeralKeyPool, encryptWebPush, type P256Backend } from "../lib
 export type Pipeline = { kind: "bare" } | { kind: "relay"; p256: P256Backend };
 
 const P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
-const text = new TextEncoder();
-const KEY_INFO = text.encode("WebPush: info\0");
-const CEK_INFO = text.encode("Content-Encoding: aes128gcm\0");
-const NONCE_INFO = text.encode("Content-Encoding: nonce\0");
+const KEY_INFO = utf8("WebPush: info\0");
+const CEK_INFO = utf8("Content-Encoding: aes128gcm\0");
+const NONCE_INFO = utf8("Content-Encoding: nonce\0");
 
 /** A subscriber: its 65-byte `p256dh` point and 16-byte `auth` secret. */
 export interface Subscriber {
@@ -37,16 +37,6 @@ export async function makeSubscriber(): Promise<Subscriber> {
     p256dh: new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey)),
     auth: crypto.getRandomValues(new Uint8Array(16)),
   };
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 async function hkdf(salt: Uint8Array, ikm: Uint8Array, info: Uint8Array, bytes: number) {
@@ -110,7 +100,7 @@ export async function rate(
 }
 
 /** The update payload of CONTRACT §1.3, as the benchmarks send it. */
-export const BENCH_PAYLOAD = text.encode(
+export const BENCH_PAYLOAD = utf8(
   JSON.stringify({
     type: "update",
     topic: "q9Xc1vLrT0mJ2aBd",

@@ -92,8 +92,6 @@ export interface DeliveryEngineOptions {
    * taken over; the heartbeat is renewed every third of it (`RELAY_LEASE_MS`). @default 15000
    */
   leaseMs?: number;
-  /** Upper bound on one claim without progress, even for a live worker. @default 600000 */
-  holdMs?: number;
   /** Subscriptions the expiry sweep removes per tick at most. @default 1000 */
   sweepLimit?: number;
   retry?: Partial<RetryPolicy>;
@@ -147,8 +145,30 @@ export function newId(now: number): string {
   return `${now.toString(36).padStart(9, "0")}${randomToken(9)}`;
 }
 
+/** A new outbox record for message `m` of `app`, unstarted (no cursor), held by `lease`. */
+function outboxRecord(
+  app: string,
+  m: PushMessage,
+  now: number,
+  ttlMs: number,
+  lease: Lease,
+): OutboxMessage {
+  return {
+    id: newId(now),
+    app,
+    topic: m.topic,
+    timestamp: m.timestamp,
+    priority: m.priority,
+    ...(m.clientId !== undefined ? { clientId: m.clientId } : {}),
+    createdAt: now,
+    expiresAt: now + ttlMs,
+    cursor: null,
+    lease,
+  };
+}
+
 /** Merges one update into an aggregate: the latest timestamp, the highest priority. */
-export function mergeAggregate(
+function mergeAggregate(
   agg: Aggregate | undefined,
   m: { timestamp: string; priority: number },
 ): Aggregate {
@@ -166,7 +186,7 @@ export function mergeAggregate(
  * What one subscriber gets from a trailing update: the merge of every update it did not
  * originate itself (§7.1), or null when there is none.
  */
-export function trailingFor(
+function trailingFor(
   t: NonNullable<OutboxMessage["trailing"]>,
   clientId: string,
 ): Aggregate | null {
@@ -208,6 +228,8 @@ function recordBytes(m: { topic: string; clientId?: string }): number {
 
 /** Subscribers whose results go into one cursor commit at most (≤ 1 write each). */
 const MAX_COMMIT = 250;
+/** Upper bound on one claim without progress, even for a live worker. */
+const HOLD_MS = 600_000;
 /** A fan-out also commits its progress when this long passed since the last commit. */
 const COMMIT_INTERVAL_MS = 250;
 /** Outbox messages one scan claims at most (each fans out with its own sends in flight). */
@@ -234,7 +256,7 @@ interface TopicPlan {
  * next update of someone else at once. Different topics are never merged, and every
  * subscriber's payload is computed on its own, so nothing is merged across clients.
  */
-export function planTopic(
+function planTopic(
   input: {
     app: string;
     topic: string;
@@ -246,18 +268,7 @@ export function planTopic(
 ): TopicPlan {
   const { now } = ctx;
   const immediate: OutboxMessage[] = [];
-  const record = (m: PushMessage): OutboxMessage => ({
-    id: newId(now),
-    app: input.app,
-    topic: input.topic,
-    timestamp: m.timestamp,
-    priority: m.priority,
-    ...(m.clientId !== undefined ? { clientId: m.clientId } : {}),
-    createdAt: now,
-    expiresAt: now + ctx.ttlMs,
-    cursor: null,
-    lease: ctx.lease,
-  });
+  const record = (m: PushMessage) => outboxRecord(input.app, m, now, ctx.ttlMs, ctx.lease);
   let w: CoalesceWindow | null = input.window && input.window.until > now
     ? { ...input.window }
     : null;
@@ -338,9 +349,13 @@ export function planTopic(
   return { immediate, trailing, window: w!, merged };
 }
 
+/** Outbox records and coalescing windows as `Store.recordOutbox` writes them. */
+type OutboxWrite = Parameters<Store["recordOutbox"]>[0]["outbox"];
+type WindowWrite = NonNullable<Parameters<Store["recordOutbox"]>[0]["windows"]>;
+
 interface FanOutItem {
   clientId: string;
-  state: "pending" | "done" | "error";
+  state: "pending" | "done";
   retry: QueuedDelivery | null;
   dead: DeadLetter | null;
 }
@@ -399,7 +414,6 @@ export class DeliveryEngine {
   }[] = [];
   private draining = false;
   private readonly abort = new AbortController();
-  private readonly since: number;
   private stopping = false;
   private scanning: Promise<{ work: Promise<void>[]; more: boolean }> | null = null;
   private wakeTimer: ReturnType<typeof setTimeout> | undefined;
@@ -421,14 +435,13 @@ export class DeliveryEngine {
     this.sendConcurrency = Math.max(1, options.sendConcurrency ?? 64);
     this.commitEvery = Math.min(MAX_COMMIT, Math.max(1, options.commitEvery ?? 100));
     this.leaseMs = Math.max(300, options.leaseMs ?? 15_000);
-    this.holdMs = Math.max(this.leaseMs, options.holdMs ?? 600_000);
+    this.holdMs = Math.max(this.leaseMs, HOLD_MS);
     this.sweepLimit = options.sweepLimit ?? 1000;
     this.retryPolicy = { baseMs: 1000, maxMs: 300_000, maxAttempts: 8, ...options.retry };
     this.breakerPolicy = { threshold: 20, cooldownMs: 30_000, ...options.breaker };
     this.random = options.random ?? Math.random;
     this.owner = options.owner ?? randomToken(8);
     this.superseded = options.superseded;
-    this.since = this.now();
   }
 
   /** Resolves when no fan-out, delivery or tick of this process is running. */
@@ -452,7 +465,7 @@ export class DeliveryEngine {
   }
 
   private heartbeat(): { owner: string; value: WorkerBeat } {
-    return { owner: this.owner, value: { until: this.now() + this.leaseMs, since: this.since } };
+    return { owner: this.owner, value: { until: this.now() + this.leaseMs } };
   }
 
   /** Notes a heartbeat that was written. */
@@ -542,11 +555,7 @@ export class DeliveryEngine {
 
   private async acceptNow(app: string, messages: PushMessage[]): Promise<void> {
     if (this.coalesceMs <= 0) {
-      for (
-        const chunk of sizedBatches(messages, recordBytes, BYTES_PER_ATOMIC, RECORDS_PER_ATOMIC)
-      ) {
-        await this.acceptPlain(app, chunk);
-      }
+      await this.acceptPlain(app, messages);
     } else {
       const byTopic = new Map<string, PushMessage[]>();
       for (const m of messages) {
@@ -565,25 +574,11 @@ export class DeliveryEngine {
     this.metrics.pushesReceived.inc({}, messages.length);
   }
 
-  private newRecord(app: string, m: PushMessage, now: number, lease: Lease): OutboxMessage {
-    return {
-      id: newId(now),
-      app,
-      topic: m.topic,
-      timestamp: m.timestamp,
-      priority: m.priority,
-      ...(m.clientId !== undefined ? { clientId: m.clientId } : {}),
-      createdAt: now,
-      expiresAt: now + this.ttl * 1000,
-      cursor: null,
-      lease,
-    };
-  }
-
+  /** Records messages without coalescing (`commitRecords` splits them into atomics). */
   private async acceptPlain(app: string, messages: PushMessage[]): Promise<void> {
     const now = this.now();
     const lease = this.newLease();
-    const records = messages.map((m) => this.newRecord(app, m, now, lease));
+    const records = messages.map((m) => outboxRecord(app, m, now, this.ttl * 1000, lease));
     await this.commitRecords(records, []);
   }
 
@@ -595,8 +590,8 @@ export class DeliveryEngine {
    */
   private async commitRecords(
     records: OutboxMessage[],
-    extra: Parameters<Store["recordOutbox"]>[0]["outbox"],
-    windows: NonNullable<Parameters<Store["recordOutbox"]>[0]["windows"]> = [],
+    extra: OutboxWrite,
+    windows: WindowWrite = [],
   ): Promise<boolean> {
     let budget = BYTES_PER_ATOMIC - extra.reduce((n, o) => n + sizeOf(o.value), 0) -
       windows.reduce((n, w) => n + sizeOf(w), 0);
@@ -618,8 +613,8 @@ export class DeliveryEngine {
 
   private async commitRun(
     records: OutboxMessage[],
-    extra: Parameters<Store["recordOutbox"]>[0]["outbox"],
-    windows: NonNullable<Parameters<Store["recordOutbox"]>[0]["windows"]>,
+    extra: OutboxWrite,
+    windows: WindowWrite,
   ): Promise<boolean> {
     const mine = records.filter((r) => r.lease.owner === this.owner);
     for (const r of mine) this.hold(`o:${r.id}`);
@@ -652,24 +647,21 @@ export class DeliveryEngine {
     byTopic: Map<string, PushMessage[]>,
   ): Promise<void> {
     for (let attempt = 0;; attempt++) {
-      const now = this.now();
-      const lease = this.newLease();
       if (attempt >= 8) {
         // Hot contention on these windows: deliver every message rather than fail the push.
-        const records = topics.flatMap((t) =>
-          byTopic.get(t)!.map((m) => this.newRecord(app, m, now, lease))
-        );
-        await this.commitRecords(records, []);
+        await this.acceptPlain(app, topics.flatMap((t) => byTopic.get(t)!));
         return;
       }
+      const now = this.now();
+      const lease = this.newLease();
       const windows = await this.store.getWindows(app, topics);
       const trailingIds = [...windows.values()].flatMap((w) =>
         w.value?.trailing && w.value.until > now ? [w.value.trailing] : []
       );
       const trailing = await this.store.getOutboxMany(trailingIds);
       const records: OutboxMessage[] = [];
-      const extra: Parameters<Store["recordOutbox"]>[0]["outbox"] = [];
-      const windowWrites: NonNullable<Parameters<Store["recordOutbox"]>[0]["windows"]> = [];
+      const extra: OutboxWrite = [];
+      const windowWrites: WindowWrite = [];
       let merged = 0;
       let wakeAt = Infinity;
       for (const topic of topics) {
@@ -743,27 +735,30 @@ export class DeliveryEngine {
     if (lease.owner !== "") this.runQueued(entry);
   }
 
-  private fanOut(entry: Entry<OutboxMessage>): Promise<void> {
-    const key = `o:${entry.value.id}`;
+  /** Holds `key` while `work` runs, logs its failure as `event`, and tracks it for `idle()`. */
+  private holdWhile(
+    key: string,
+    work: () => Promise<void>,
+    event: string,
+    fields: Record<string, unknown> = {},
+  ): Promise<void> {
     this.hold(key);
     return this.track(
-      this.fanOutInner(entry).catch((err) => {
-        this.logger.log("error", "fanout.error", {
-          message: entry.value.id,
-          error: describeError(err),
-        });
+      work().catch((err) => {
+        this.logger.log("error", event, { ...fields, error: describeError(err) });
       }).finally(() => this.unhold(key)),
     );
   }
 
+  private fanOut(entry: Entry<OutboxMessage>): Promise<void> {
+    return this.holdWhile(`o:${entry.value.id}`, () => this.fanOutInner(entry), "fanout.error", {
+      message: entry.value.id,
+    });
+  }
+
   private runQueued(entry: Entry<QueuedDelivery>): Promise<void> {
     const key = `q:${entry.value.dueAt}:${entry.value.id}`;
-    this.hold(key);
-    return this.track(
-      this.deliverQueued(entry).catch((err) => {
-        this.logger.log("error", "delivery.error", { error: describeError(err) });
-      }).finally(() => this.unhold(key)),
-    );
+    return this.holdWhile(key, () => this.deliverQueued(entry), "delivery.error");
   }
 
   /**
@@ -907,7 +902,6 @@ export class DeliveryEngine {
             item.state = "done";
           },
           (err) => {
-            item.state = "error";
             broken = true;
             this.logger.log("error", "fanout.send_error", {
               message: m.id,

@@ -37,7 +37,7 @@ export const MAX_INGRESS_BODY_BYTES = 4096;
  * RFC 8188 §2.1 header: salt (16) + rs (4) + idlen (1) + keyid; RFC 8291 §4 puts the sender's
  * 65-byte uncompressed P-256 point in keyid, so the header is 86 bytes.
  */
-export const AES128GCM_HEADER_BYTES = 16 + 4 + 1 + 65;
+const AES128GCM_HEADER_BYTES = 16 + 4 + 1 + 65;
 
 /**
  * The shortest body that can be an RFC 8291 message: the 86-byte header plus one record,
@@ -48,7 +48,7 @@ export const AES128GCM_HEADER_BYTES = 16 + 4 + 1 + 65;
 export const MIN_INGRESS_BODY_BYTES = AES128GCM_HEADER_BYTES + 1 + 16;
 
 /** CONTRACT §2.1: TTLs above 28 days are lowered to 28 days. */
-export const MAX_INGRESS_TTL = MAX_TTL;
+const MAX_INGRESS_TTL = MAX_TTL;
 
 /**
  * RFC 8030 §5.3 Urgency → CC/CD 70025 priority, chosen in the middle of each band of
@@ -149,6 +149,28 @@ export function isAes128gcm(value: string | undefined): boolean {
 }
 
 /**
+ * RFC 8291 §4 / CONTRACT §2.1: only aes128gcm bodies; the relay never sees plaintext.
+ *
+ * @throws {RelayError} 415 `unsupported-content-encoding` for any other Content-Encoding
+ */
+export function checkContentEncoding(value: string | undefined): void {
+  if (isAes128gcm(value)) return;
+  throw new RelayError(
+    415,
+    "unsupported-content-encoding",
+    `Content-Encoding must be aes128gcm, got ${
+      value === undefined ? "none" : `"${value.trim().slice(0, 40)}"`
+    }`,
+  );
+}
+
+/** @throws {RelayError} 400 `invalid-encryption` when `body` has no valid aes128gcm header */
+export function checkAes128gcm(body: Uint8Array): void {
+  const problem = aes128gcmProblem(body);
+  if (problem) throw new RelayError(400, "invalid-encryption", problem);
+}
+
+/**
  * Returns why `body` cannot be an RFC 8291 `aes128gcm` message, or null when its header is
  * well-formed. Only the unencrypted header is read; the relay never decrypts.
  */
@@ -217,7 +239,7 @@ export function parseVapidAuthorization(header: string): { t: string; k: string 
   return t && k ? { t, k } : null;
 }
 
-export type VapidCheck =
+type VapidCheck =
   | { ok: true; publicKey: Uint8Array }
   | { ok: false; reason: string };
 
@@ -245,12 +267,12 @@ function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
  * no more than 24 hours ahead. Returns the signer's public key; whether it is the key the
  * subscription is restricted to is the caller's question (RFC 8292 §4.2).
  */
-export async function verifyVapid(
+async function verifyVapid(
   header: string | undefined,
   options: {
     audience: string;
     now: number;
-    importKey?: (raw: Uint8Array) => Promise<CryptoKey | null>;
+    importKey: (raw: Uint8Array) => Promise<CryptoKey | null>;
   },
 ): Promise<VapidCheck> {
   if (header === undefined) return { ok: false, reason: "missing Authorization: vapid" };
@@ -262,7 +284,7 @@ export async function verifyVapid(
   } catch {
     return { ok: false, reason: "k is not base64url" };
   }
-  if (publicKey.length !== 65 || !isP256Point(publicKey)) {
+  if (!isP256Point(publicKey)) {
     return { ok: false, reason: "k is not an uncompressed P-256 point" };
   }
   const parts = parsed.t.split(".");
@@ -279,7 +301,7 @@ export async function verifyVapid(
     return { ok: false, reason: "the JWT signature is not base64url" };
   }
   if (signature.length !== 64) return { ok: false, reason: "the JWT signature is not 64 bytes" };
-  const key = await (options.importKey ?? importVerifyKey)(publicKey);
+  const key = await options.importKey(publicKey);
   if (!key) return { ok: false, reason: "k cannot be imported" };
   const valid = await crypto.subtle.verify(
     { name: "ECDSA", hash: "SHA-256" },

@@ -71,9 +71,6 @@ export class Gauge implements Metric {
   set(value: number, labels: Labels = {}): void {
     this.values.set(labelKey(labels), value);
   }
-  get(labels: Labels = {}): number {
-    return this.values.get(labelKey(labels)) ?? 0;
-  }
   render(): string[] {
     if (this.collect) return [`${this.name} ${formatValue(this.collect())}`];
     return renderSeries(this.name, this.values);
@@ -115,7 +112,7 @@ export class Histogram implements Metric {
 }
 
 /** Delivery outcomes every configured transport reports from the start (at 0). */
-export const DELIVERY_OUTCOMES = [
+const DELIVERY_OUTCOMES = [
   "delivered",
   "pruned",
   "retried",

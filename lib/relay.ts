@@ -68,14 +68,13 @@ export interface Relay {
 
 /** Keys and secrets: from the config when set, else generated once and kept in KV. */
 async function loadSecrets(store: Store, config: Config, onDevTokenCreated?: (t: string) => void) {
-  const fresh = config.vapid ? null : await generateVapidKeys();
   const secret = config.secret ??
     decodeBase64Url(
       (await store.getOrCreateMeta("secret", () => encodeBase64Url(randomBytes(32)))).value,
     );
   // First writer wins: two processes starting together on one fresh KV agree on one key pair.
   const vapid: VapidKeys = config.vapid ??
-    (await store.getOrCreateMeta<VapidKeys>("vapid", () => fresh!)).value;
+    (await store.getOrCreateMeta<VapidKeys>("vapid", generateVapidKeys)).value;
   let apps = config.apps;
   if (!apps) {
     const dev = await store.getOrCreateMeta("dev-token", () => randomToken(24));
@@ -91,23 +90,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const logger = options.logger ?? consoleLogger();
   const doFetch = options.fetch ?? fetch;
   const store = new Store(kv);
-  const metrics = new Metrics([
-    "web-push",
-    ...(config.fcm ? ["fcm"] : []),
-    ...(config.apns ? ["apns"] : []),
-  ]);
-  // Two processes opening one fresh SQLite file at the same moment can meet "database is
-  // locked" on their first writes: try a few times before giving up.
-  let secrets: Awaited<ReturnType<typeof loadSecrets>> | undefined;
-  for (let attempt = 1; !secrets; attempt++) {
-    try {
-      secrets = await loadSecrets(store, config, options.onDevTokenCreated);
-    } catch (err) {
-      if (attempt >= 5) throw err;
-      await new Promise((r) => setTimeout(r, 100 * attempt));
-    }
-  }
-  const { secret, vapid, apps } = secrets;
+  // Two processes opening one fresh SQLite file at once can meet "database is locked" on their
+  // first writes; the store retries those (retryingKv).
+  const { secret, vapid, apps } = await loadSecrets(store, config, options.onDevTokenCreated);
   const sealer = await createSealer(secret);
   const timeoutMs = options.sendTimeoutMs ?? 10_000;
 
@@ -126,7 +111,6 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       vapid: vapidSigner,
       now,
       fetch: doFetch,
-      keyPool,
       // Issue 5: a fan-out encrypts in workers so that every core works (BENCHMARKS.md).
       encryptor: createEncryptionPool({ keyPool, p256 }),
       timeoutMs,
@@ -171,6 +155,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     infos.push({ id: "apns", uri: uri("apns"), data: { topic: config.apns.topic } });
   }
 
+  const metrics = new Metrics(infos.map((t) => t.id));
   const engine = new DeliveryEngine({
     store,
     transports: { ...transports, ...options.transports },

@@ -59,7 +59,6 @@ export interface Lease {
 export interface WorkerBeat {
   /** The worker counts as alive until then. */
   until: number;
-  since: number;
 }
 
 /** Latest timestamp and highest priority of the updates merged for one origin. */
@@ -168,7 +167,7 @@ const SUB_COUNT_KEY = ["stat", "subscriptions"] as const;
 const U64 = 1n << 64n;
 
 /** Adds `delta` (which may be negative: KV's sum on a KvU64 wraps modulo 2^64) to the count. */
-function countSubscriptions(op: Deno.AtomicOperation, delta: number): void {
+function addToSubscriptionCount(op: Deno.AtomicOperation, delta: number): void {
   if (delta === 0) return;
   const d = BigInt(delta);
   op.sum(SUB_COUNT_KEY, d > 0n ? d : U64 + d);
@@ -196,14 +195,27 @@ function subscriptionKeyBytes(app: string, topic: string, clientId: string): num
 }
 
 /**
+ * Batches for atomics that check (and write) one subscription per item: at most 100 checks,
+ * and key bytes with a quarter of headroom for the check of each key.
+ */
+function checkedSubBatches<T>(items: T[], key: (item: T) => [string, string, string]): T[][] {
+  return sizedBatches(
+    items,
+    (i) => (subscriptionKeyBytes(...key(i)) * 5) / 4,
+    KEY_BYTES_PER_ATOMIC,
+    CHECKED_SUBS_PER_ATOMIC,
+  );
+}
+
+/**
  * Splits items into batches that respect both a count and a byte budget, so one atomic stays
  * within KV's mutation and key-size limits whatever the topics' lengths.
  */
 export function sizedBatches<T>(
   items: T[],
   cost: (item: T) => number,
-  budget = KEY_BYTES_PER_ATOMIC,
-  maxCount = SUBS_PER_ATOMIC,
+  budget: number,
+  maxCount: number,
 ): T[][] {
   const batches: T[][] = [];
   let current: T[] = [];
@@ -226,7 +238,7 @@ const GC_MARGIN_MS = 3600_000;
 /** Subscriptions per sweep atomic: one check each, and KV allows 100 checks per atomic. */
 const SWEEP_PER_ATOMIC = 100;
 /** How long dead letters are kept. */
-export const DEAD_RETENTION_MS = 7 * 24 * 3600_000;
+const DEAD_RETENTION_MS = 7 * 24 * 3600_000;
 
 async function getManyChunked<T>(kv: Deno.Kv, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
   const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
@@ -359,11 +371,14 @@ export class Store {
   // --- meta -------------------------------------------------------------------------------
 
   /** Returns the stored value, or stores `create()` if absent (first writer wins). */
-  async getOrCreateMeta<T>(name: string, create: () => T): Promise<{ value: T; created: boolean }> {
+  async getOrCreateMeta<T>(
+    name: string,
+    create: () => T | Promise<T>,
+  ): Promise<{ value: T; created: boolean }> {
     const key = ["meta", name];
     const existing = await this.kv.get<T>(key);
     if (existing.versionstamp !== null) return { value: existing.value as T, created: false };
-    const value = create();
+    const value = await create();
     const res = await this.kv.atomic().check({ key, versionstamp: null }).set(key, value).commit();
     if (res.ok) return { value, created: true };
     const winner = await this.kv.get<T>(key);
@@ -417,9 +432,10 @@ export class Store {
         const e of this.kv.list<number>({ prefix: ["subc", clientId] }, { limit: SUBS_PER_ATOMIC })
       ) batch.push(e as Entry<number>);
       if (batch.length === 0) break;
-      const cost = (e: Entry<number>) =>
-        (subscriptionKeyBytes(e.key[2] as string, e.key[3] as string, clientId) * 5) / 4;
-      const batches = sizedBatches(batch, cost, KEY_BYTES_PER_ATOMIC, CHECKED_SUBS_PER_ATOMIC);
+      const batches = checkedSubBatches(
+        batch,
+        (e) => [e.key[2] as string, e.key[3] as string, clientId],
+      );
       for (const chunk of batches) {
         const op = this.kv.atomic();
         for (const e of chunk) {
@@ -431,7 +447,7 @@ export class Store {
             subExpiryKey(e.value, app, topic, clientId),
           );
         }
-        countSubscriptions(op, -chunk.length);
+        addToSubscriptionCount(op, -chunk.length);
         if (await commit(op)) {
           for (const e of chunk) {
             removed.push({ app: e.key[2] as string, topic: e.key[3] as string });
@@ -493,7 +509,7 @@ export class Store {
             .set(subClientKey(clientId, app, topic), exp, { expireIn })
             .set(subExpiryKey(exp, app, topic, clientId), null, { expireIn });
         });
-        countSubscriptions(op, added);
+        addToSubscriptionCount(op, added);
         return fresh;
       },
     );
@@ -520,7 +536,7 @@ export class Store {
           ).delete(subExpiryKey(old.exp, app, topic, clientId));
         });
         if (n === 0) return null;
-        countSubscriptions(op, -n);
+        addToSubscriptionCount(op, -n);
         return n;
       },
     );
@@ -546,12 +562,7 @@ export class Store {
     ) => R | null,
   ): Promise<R[]> {
     const results: R[] = [];
-    const batches = sizedBatches(
-      topics,
-      (t) => (subscriptionKeyBytes(app, t, clientId) * 5) / 4,
-      KEY_BYTES_PER_ATOMIC,
-      CHECKED_SUBS_PER_ATOMIC,
-    );
+    const batches = checkedSubBatches(topics, (t) => [app, t, clientId]);
     for (const chunk of batches) {
       for (let attempt = 1;; attempt++) {
         const existing = await getManyChunked<SubscriptionValue>(
@@ -692,7 +703,7 @@ export class Store {
             n++;
           }
         });
-        countSubscriptions(op, -n);
+        addToSubscriptionCount(op, -n);
         if (await commit(op)) {
           removed += n;
           break;

@@ -14,9 +14,9 @@
 import { Hono } from "hono";
 import { RelayError } from "../lib/errors.ts";
 import {
-  aes128gcmProblem,
+  checkAes128gcm,
+  checkContentEncoding,
   type Ingress,
-  isAes128gcm,
   MAX_INGRESS_BODY_BYTES,
   parseTopic,
   parseTtl,
@@ -30,21 +30,10 @@ export function ingressRoutes(ingress: Ingress): Hono {
   app.post("/push/:id", async function pushResource(c) {
     const reg = await ingress.resolve(c.req.param("id"));
 
-    // RFC 8291 §4 / CONTRACT §2.1: only aes128gcm bodies; the relay never sees plaintext.
-    const encoding = c.req.header("content-encoding");
-    if (!isAes128gcm(encoding)) {
-      throw new RelayError(
-        415,
-        "unsupported-content-encoding",
-        `Content-Encoding must be aes128gcm, got ${
-          encoding === undefined ? "none" : `"${encoding.trim().slice(0, 40)}"`
-        }`,
-      );
-    }
+    checkContentEncoding(c.req.header("content-encoding"));
     const body = await readBodyLimited(c.req.raw, MAX_INGRESS_BODY_BYTES);
     ingress.checkForwardable(reg, body);
-    const problem = aes128gcmProblem(body);
-    if (problem) throw new RelayError(400, "invalid-encryption", problem);
+    checkAes128gcm(body);
 
     const vapid = await ingress.checkVapid(reg, c.req.header("authorization"));
     const ttl = parseTtl(c.req.header("ttl"));

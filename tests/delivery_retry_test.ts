@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { APP_TOKEN, type Harness, harness, settle, T0, testSubscriptionKeys } from "./_harness.ts";
+import { type Harness, harness, settle, T0, testSubscriptionKeys } from "./_harness.ts";
 import type { DeliveryOutcome } from "../lib/transports/types.ts";
 
 const RETRY = { baseMs: 1000, maxMs: 60_000, maxAttempts: 4 };
@@ -294,19 +294,8 @@ Deno.test("Acknowledging pushes are retried and dead-lettered through the same q
   try {
     h.webPush.respond = () => unavailable;
     const dev = await h.registerDevice();
-    const res = await h.request("/gateway", {
-      method: "POST",
-      headers: { authorization: `Bearer ${APP_TOKEN}` },
-      json: {
-        "push-subscribe": {
-          topics: ["ack-topic"],
-          "selected-transport": {
-            "transport-uri": "https://relay.example.net/transports/web-push",
-            "client-data": dev["client-data"],
-          },
-          expires: new Date(T0 + 3600_000).toISOString(),
-        },
-      },
+    const res = await h.subscribe(dev["client-data"], ["ack-topic"], {
+      expires: new Date(T0 + 3600_000).toISOString(),
     });
     assert.equal(res.status, 200);
     await settle(h);

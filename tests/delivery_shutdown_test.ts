@@ -11,6 +11,7 @@ import {
   leftoverWork,
   pushToRelay,
   relayProcessEnv,
+  runRelayUntil,
   seedSubscribers,
   startCountingPushService,
   userAgentKeys,
@@ -49,15 +50,9 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
       assert.match(first.output(), /"event":"stopped"/);
 
       const restartAt = performance.now();
-      const second = await startRelayProcess(env);
-      try {
-        await waitUntil(() => push.counts.size >= SUBSCRIBERS, 20_000, "every subscriber");
-        await new Promise((r) => setTimeout(r, 300));
-      } finally {
-        assert.equal(await second.stop(), 0);
-      }
+      await runRelayUntil(env, () => push.counts.size >= SUBSCRIBERS, 20_000, "every subscriber");
       const resumeMs = Math.round(performance.now() - restartAt);
-      const duplicates = [...push.counts.values()].reduce((n, c) => n + c - 1, 0);
+      const duplicates = push.duplicates();
       console.log(
         `${signal}: stopped in ${stopMs} ms after ${atStop}/${SUBSCRIBERS} deliveries; ` +
           `restart delivered the rest in ${resumeMs} ms; duplicates ${duplicates}`,
@@ -103,18 +98,13 @@ Deno.test("Shutdown: a push service that hangs cannot hold SIGTERM past 5 s; abo
     const hung = push.total();
 
     service.delayMs = 0;
-    const second = await startRelayProcess(env);
-    try {
-      await waitUntil(
-        () => push.counts.size >= subscribers && push.total() >= subscribers + hung,
-        20_000,
-        "every subscriber, and the aborted sends again",
-      );
-      await new Promise((r) => setTimeout(r, 300));
-    } finally {
-      assert.equal(await second.stop(), 0);
-    }
-    const duplicates = [...push.counts.values()].reduce((n, c) => n + c - 1, 0);
+    await runRelayUntil(
+      env,
+      () => push.counts.size >= subscribers && push.total() >= subscribers + hung,
+      20_000,
+      "every subscriber, and the aborted sends again",
+    );
+    const duplicates = push.duplicates();
     console.log(
       `hanging service: stopped in ${stopMs} ms with ${hung} sends hanging; ` +
         `duplicates ${duplicates}`,

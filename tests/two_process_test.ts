@@ -37,9 +37,8 @@ Deno.test("Two relay processes on one KV deliver each (message, subscription) ex
       keys,
     });
     const env = relayProcessEnv(kvPath);
-    // One after the other: two first starts at the same instant on one SQLite file can fail
-    // with "database is locked" while creating the generated keys (a startup issue, not
-    // delivery's).
+    // One after the other, so that start-up (the first process generates the keys) is not
+    // part of what this test exercises.
     const a = await startRelayProcess(env);
     const b = await startRelayProcess(env);
     const started = performance.now();

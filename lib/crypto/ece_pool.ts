@@ -136,7 +136,7 @@ export function createEncryptionPool(options: EncryptionPoolOptions = {}): Encry
       }
       const slot: Slot = { worker, ready: false, pending: new Map() };
       // The worker waits for the P-256 implementation this isolate measured as the faster.
-      void (options.p256 ? Promise.resolve(options.p256) : fastestP256Backend()).then((p256) => {
+      void Promise.resolve(options.p256 ?? fastestP256Backend()).then((p256) => {
         if (slots.includes(slot)) worker.postMessage({ p256 });
       });
       worker.onmessage = (e: MessageEvent<Reply>) => {

@@ -35,9 +35,10 @@ self.onmessage = async (e: MessageEvent<Job | { p256: P256Backend }>) => {
   }
   const { id, plaintext, p256dh, auth } = e.data;
   try {
-    const body = await encryptWebPush({ plaintext, uaPublic: p256dh, authSecret: auth }, {
-      ...(keyPool ? { keyPool } : {}),
-    });
+    const body = await encryptWebPush(
+      { plaintext, uaPublic: p256dh, authSecret: auth },
+      keyPool ? { keyPool } : {},
+    );
     self.postMessage({ id, body }, [body.buffer as ArrayBuffer]);
   } catch (err) {
     // Only the library's own shape and size messages; they hold no key material.
