@@ -46,7 +46,10 @@ async function spawnUntil(
   });
   // stdout: only the start is kept (to find the ready line); the rest is read and dropped so
   // the process never blocks on a full pipe.
+  // For experiments: BENCH_STDOUT=<file> keeps every process's whole stdout (e.g. --trace-gc).
+  const keep = Deno.env.get("BENCH_STDOUT");
   const out = drain(child.stdout, (t) => {
+    if (keep) Deno.writeTextFileSync(keep, `[${what}] ${t}`, { append: true });
     if (found) return;
     head = (head + t).slice(-65536);
     found = ready.exec(head);

@@ -1346,6 +1346,7 @@ export class DeliveryEngine {
     }
     clearInterval(this.beatTimer);
     this.beatTimer = undefined;
+    for (const transport of Object.values(this.transports)) transport?.close?.();
     try {
       await this.store.deleteWorker(this.owner);
     } catch {

@@ -221,6 +221,7 @@ Deno.test("an FCM that never answers does not slow Web Push or APNs deliveries",
     assert.equal(fcmMock.tokenRequests.length, 1);
   } finally {
     client.close();
+    webPush.close();
     webPushController.abort();
     await Promise.all([fcmMock.close(), apnsMock.close(), webPushServer.finished]);
   }

@@ -27,6 +27,8 @@ export interface BoundedTransport extends Transport {
   readonly inFlight: number;
   /** Sends waiting for a slot. */
   readonly queued: number;
+  /** Closes the wrapped transport. */
+  close(): void;
 }
 
 /** Wraps `transport` with a per-transport semaphore and a timeout on every send. */
@@ -112,6 +114,7 @@ export function bounded(transport: Transport, options: BoundedOptions): BoundedT
   return {
     id: transport.id,
     send,
+    close: () => transport.close?.(),
     get inFlight() {
       return inFlight;
     },

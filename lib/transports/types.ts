@@ -85,6 +85,8 @@ export interface Transport {
    * errors: those become outcomes. `signal` aborts the request (shutdown, timeouts).
    */
   send(target: Target, message: OutboundMessage, signal?: AbortSignal): Promise<DeliveryOutcome>;
+  /** Releases what the transport holds (kept-alive connections); called at shutdown. */
+  close?(): void;
 }
 
 /** Maps a CC/CD 70025 priority to an RFC 8030 urgency (CONTRACT §1.3). */

@@ -12,6 +12,7 @@ import { decodeSubscriptionKeys, encryptWebPush, type EphemeralKeyPool } from ".
 import type { Encryptor } from "../crypto/ece_pool.ts";
 import type { Vapid } from "../crypto/vapid.ts";
 import { utf8 } from "../encoding.ts";
+import { createHttp1Client, fetchPost, type Post } from "./http1.ts";
 import {
   type DeliveryOutcome,
   type OutboundMessage,
@@ -25,7 +26,10 @@ export interface WebPushTransportOptions {
   vapid: Vapid;
   /** Milliseconds since the epoch, for `Retry-After` dates. */
   now: () => number;
-  /** The HTTP client; reused for every request so connections stay alive. Default `fetch`. */
+  /**
+   * Sends with this `fetch` instead of the relay's HTTP/1.1 client (tests; outbound proxies,
+   * which `fetch` supports and the lean client does not).
+   */
   fetch?: typeof fetch;
   /** Pre-generated ECDH key pairs for encryption; generated per message when absent. */
   keyPool?: EphemeralKeyPool;
@@ -41,9 +45,21 @@ export interface WebPushTransportOptions {
 // RFC 8030 §5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
 const TOPIC_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 
-/** Creates the `web-push` transport. */
-export function createWebPushTransport(options: WebPushTransportOptions): Transport {
-  const fetchFn = options.fetch ?? globalThis.fetch;
+/** The Web Push transport; `close()` (or `using`) closes its kept-alive connections. */
+export interface WebPushTransport extends Transport, Disposable {
+  close(): void;
+}
+
+/**
+ * Creates the `web-push` transport. Requests go out on a lean HTTP/1.1 client with keep-alive
+ * connections (lib/transports/http1.ts; `fetch` for a push service that refuses HTTP/1.1),
+ * or on `options.fetch` when given.
+ */
+export function createWebPushTransport(options: WebPushTransportOptions): WebPushTransport {
+  const client = options.fetch
+    ? undefined
+    : createHttp1Client({ fallback: fetchPost(globalThis.fetch) });
+  const post: Post = client ? client.post : fetchPost(options.fetch!);
   const timeoutMs = options.timeoutMs ?? 10_000;
   const { vapid, now, keyPool, encryptor } = options;
 
@@ -116,18 +132,18 @@ export function createWebPushTransport(options: WebPushTransportOptions): Transp
         return { kind: "failed", reason: `cannot sign VAPID header: ${(err as Error).name}` };
       }
 
-      const headers = new Headers({
+      const headers: Record<string, string> = {
         // RFC 8030 §5.2: TTL is required, in whole seconds.
         "TTL": String(Math.max(0, Math.floor(message.ttl))),
         "Urgency": message.urgency,
         "Content-Encoding": "aes128gcm",
         "Content-Type": "application/octet-stream",
         "Authorization": authorization,
-      });
+      };
       // An invalid Topic would make the push service refuse the whole message (RFC 8030 §5.4);
       // sending it without one only loses the replacement.
       if (message.collapseKey !== undefined && TOPIC_PATTERN.test(message.collapseKey)) {
-        headers.set("Topic", message.collapseKey);
+        headers["Topic"] = message.collapseKey;
       }
 
       const controller = new AbortController();
@@ -141,18 +157,8 @@ export function createWebPushTransport(options: WebPushTransportOptions): Transp
       // The signal may have fired while we were encrypting; a listener added late never runs.
       if (signal?.aborted) controller.abort();
       try {
-        const response = await fetchFn(url, {
-          method: "POST",
-          headers,
-          body: body as BufferSource,
-          signal: controller.signal,
-          // A push service has no reason to redirect; following one could send the message
-          // (and our VAPID token) to an arbitrary host.
-          redirect: "manual",
-        });
-        // Free the connection for reuse; the answer's body is never needed.
-        await response.body?.cancel().catch(() => {});
-        return classify(response.status, response.headers.get("retry-after"), now());
+        const response = await post(url, headers, body, controller.signal);
+        return classify(response.status, response.header("retry-after"), now());
       } catch (err) {
         if (timedOut) return { kind: "retry", reason: `timeout after ${timeoutMs} ms` };
         if (signal?.aborted) return { kind: "retry", reason: "aborted" };
@@ -161,6 +167,12 @@ export function createWebPushTransport(options: WebPushTransportOptions): Transp
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
       }
+    },
+    close() {
+      client?.close();
+    },
+    [Symbol.dispose]() {
+      client?.close();
     },
   };
 }

@@ -33,7 +33,7 @@ Deno.test("RFC 8030/8291/8292: web-push-testing verifies our VAPID, decrypts the
   const vapid = await relayVapid();
   const pool = createEphemeralKeyPool({ size: 2 });
   try {
-    const transport = createWebPushTransport({ vapid, now, keyPool: pool });
+    using transport = createWebPushTransport({ vapid, now, keyPool: pool });
     const subscription = await push.subscribe(vapid.publicKey);
     const target: WebPushTarget = { transport: "web-push", ...subscription, ...subscription.keys };
     const data = {
@@ -66,7 +66,7 @@ Deno.test("RFC 8292 §4: web-push-testing refuses a JWT signed by another key, w
   await using push = await startWebPushTesting();
   const subscribedWith = await relayVapid();
   const subscription = await push.subscribe(subscribedWith.publicKey);
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now });
   const outcome = await transport.send(
     { transport: "web-push", endpoint: subscription.endpoint, ...subscription.keys },
     update({ type: "update" }),
@@ -86,7 +86,7 @@ Deno.test("web-push payloads of kind encrypted are forwarded byte for byte", asy
     uaPublic: decodeBase64Url(subscription.keys.p256dh),
     authSecret: decodeBase64Url(subscription.keys.auth),
   });
-  const transport = createWebPushTransport({ vapid, now });
+  using transport = createWebPushTransport({ vapid, now });
   const outcome = await transport.send(
     { transport: "web-push", endpoint: subscription.endpoint, ...subscription.keys },
     { payload: { kind: "encrypted", body }, ttl: 60, urgency: "normal", priority: 50 },
@@ -141,7 +141,7 @@ function targetAt(origin: string, path: string): WebPushTarget {
 Deno.test("RFC 8030 §5: the request carries TTL, Urgency, Topic, Content-Encoding, Content-Type and VAPID", async () => {
   await using fake = fakePushService(() => new Response(null, { status: 201 }));
   const vapid = await relayVapid();
-  const transport = createWebPushTransport({ vapid, now });
+  using transport = createWebPushTransport({ vapid, now });
   const outcome = await transport.send(
     targetAt(fake.origin, "/push/device-1"),
     update({ type: "update" }, { ttl: 3600.7, urgency: "very-low", collapseKey: "Q2FsREFW" }),
@@ -162,7 +162,7 @@ Deno.test("RFC 8030 §5: the request carries TTL, Urgency, Topic, Content-Encodi
 
 Deno.test("RFC 8030 §5.4: no Topic header without a collapse key, nor for an invalid one", async () => {
   await using fake = fakePushService(() => new Response(null, { status: 201 }));
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now });
   await transport.send(targetAt(fake.origin, "/a"), update({}));
   await transport.send(targetAt(fake.origin, "/b"), update({}, { collapseKey: "x".repeat(33) }));
   await transport.send(targetAt(fake.origin, "/c"), update({}, { collapseKey: "not/base64url" }));
@@ -192,7 +192,7 @@ Deno.test("RFC 8030 §6.2: push service answers map to delivered, gone, retry an
       headers: headers ?? {},
     });
   });
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now });
   const outcome = async (path: string) => {
     const result = await transport.send(targetAt(fake.origin, path), update({ type: "update" }));
     return {
@@ -221,7 +221,7 @@ Deno.test("a refused connection is a retry whose reason does not contain the end
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now });
   const outcome = await transport.send(
     targetAt(`http://127.0.0.1:${port}`, "/secret-device-path"),
     update({ type: "update" }),
@@ -237,7 +237,7 @@ Deno.test("a push service that does not answer within timeoutMs is a retry", asy
     await release;
     return new Response(null, { status: 201 });
   });
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now, timeoutMs: 50 });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now, timeoutMs: 50 });
   try {
     const outcome = await transport.send(targetAt(fake.origin, "/slow"), update({}));
     assert.deepEqual(outcome, { kind: "retry", reason: "timeout after 50 ms" });
@@ -252,7 +252,7 @@ Deno.test("an aborted signal (shutdown) is a retry, before or during the request
     await release;
     return new Response(null, { status: 201 });
   });
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now });
   try {
     const already = AbortSignal.abort();
     assert.deepEqual(await transport.send(targetAt(fake.origin, "/x"), update({}), already), {
@@ -271,7 +271,7 @@ Deno.test("an aborted signal (shutdown) is a retry, before or during the request
 
 Deno.test("bad subscription keys, an oversized or non-JSON payload and a non-http endpoint fail without a request", async () => {
   await using fake = fakePushService(() => new Response(null, { status: 201 }));
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now });
   const badKeys = await transport.send(
     { ...targetAt(fake.origin, "/k"), p256dh: KEYS.auth },
     update({}),
@@ -303,7 +303,7 @@ Deno.test("the injected fetch is the only HTTP client used", async () => {
     assert.equal(init?.method, "POST");
     return Promise.resolve(new Response(null, { status: 201 }));
   };
-  const transport = createWebPushTransport({ vapid: await relayVapid(), now, fetch: fakeFetch });
+  using transport = createWebPushTransport({ vapid: await relayVapid(), now, fetch: fakeFetch });
   const target = targetAt("https://push.example", "/device");
   assert.deepEqual(await transport.send(target, update({})), { kind: "delivered", status: 201 });
   assert.deepEqual(await transport.send(target, update({})), { kind: "delivered", status: 201 });
