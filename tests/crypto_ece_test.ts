@@ -10,6 +10,7 @@ import {
   importEphemeralKeyPair,
   isP256Point,
   MAX_PLAINTEXT_BYTES,
+  pkcs8PublicPoint,
   RECORD_SIZE,
   validateSubscriptionKeys,
 } from "../lib/crypto/ece.ts";
@@ -83,6 +84,46 @@ for (const backend of ["node", "webcrypto"] as const) {
     assert.equal(decryptWithHttpEce(body, ua), "fresh");
   });
 }
+
+const hex = (h: string) => new Uint8Array(h.match(/../g)!.map((b) => parseInt(b, 16)));
+const concat = (...parts: Uint8Array[]) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) out.set(p, (at += p.length) - p.length);
+  return out;
+};
+// PKCS#8 (RFC 5208) around an RFC 5915 ECPrivateKey for P-256 (id-ecPublicKey, prime256v1).
+const PKCS8_HEAD = "020100301306072a8648ce3d020106082a8648ce3d030107";
+
+Deno.test("RFC 5915 §3: pkcs8PublicPoint() reads the public key an ECPrivateKey carries, and only that", async () => {
+  const d = decodeBase64Url(RFC8291.asPrivate);
+  const point = decodeBase64Url(RFC8291.asPublic);
+  const withPoint = concat(
+    hex(`308187${PKCS8_HEAD}046d306b0201010420`),
+    d,
+    hex("a144034200"),
+    point,
+  );
+  // Web Crypto (an independent DER reader) takes the same bytes for the same key.
+  const key = await crypto.subtle.importKey(
+    "pkcs8",
+    withPoint,
+    { name: "ECDH", namedCurve: "P-256" },
+    true,
+    ["deriveBits"],
+  );
+  const jwk = await crypto.subtle.exportKey("jwk", key);
+  assert.equal(jwk.x, encodeBase64Url(point.subarray(1, 33)));
+  assert.deepEqual(pkcs8PublicPoint(withPoint), point);
+
+  // The public key is OPTIONAL in RFC 5915: without it, no point (the caller exports `raw`).
+  const without = concat(hex(`3041${PKCS8_HEAD}04273025020101 0420`.replace(" ", "")), d);
+  assert.equal(pkcs8PublicPoint(without), null);
+  assert.equal(pkcs8PublicPoint(withPoint.subarray(0, withPoint.length - 1)), null);
+  const compressed = withPoint.slice();
+  compressed[compressed.length - 65] = 0x02;
+  assert.equal(pkcs8PublicPoint(compressed), null);
+});
 
 Deno.test("importEphemeralKeyPair() refuses a public key that is not the private key's", async () => {
   const wrong = userAgent().uaPublic;

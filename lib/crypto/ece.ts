@@ -4,13 +4,15 @@
  *
  * Cost (issue 5; platform.md §8): the two P-256 operations (a fresh sender key pair, then the
  * ECDH) are nearly all of it. They run on whichever of two implementations this runtime does
- * cheaper, measured once per isolate ({@link fastestP256Backend}): `node:crypto`'s key objects
- * with `generateKeyPairSync` and `diffieHellman` (synchronous; measured per message on Deno 2.5,
- * what Deno Deploy runs, ~300 µs against Web Crypto's ~850 µs, and on Deno 2.9 ~590 µs against
- * ~800 µs) or Web Crypto, should that ever be cheaper. HKDF and AES-128-GCM use `node:crypto`'s
- * synchronous HMAC and cipher: a few microseconds each, where Web Crypto's asynchronous calls
- * cost ~50-70 µs apiece in thread hand-offs. Each key pair is used for exactly one message
- * (RFC 8291 §3.1).
+ * cheaper, measured once per isolate ({@link fastestP256Backend}). Per message, CPU: on Deno 2.5
+ * (what Deno Deploy runs) `node:crypto`'s key objects (`generateKeyPairSync`, `diffieHellman`;
+ * synchronous) ~290-310 µs against Web Crypto's ~430-490 µs; on Deno 2.9 Web Crypto ~470-540 µs
+ * against `node:crypto`'s ~550-590 µs. Web Crypto's key generation is cheap there (~50-80 µs);
+ * its `raw` export of the public key is not (~380 µs: the point is computed again), so the point
+ * is read from the PKCS#8 export, which carries it ({@link pkcs8PublicPoint}). HKDF and
+ * AES-128-GCM use `node:crypto`'s synchronous HMAC and cipher: a few microseconds each, where Web
+ * Crypto's asynchronous calls cost ~50-70 µs apiece in thread hand-offs. Each key pair is used
+ * for exactly one message (RFC 8291 §3.1).
  *
  * @module
  */
@@ -225,9 +227,49 @@ function webCryptoAgree(privateKey: CryptoKey): EphemeralKeyPair["agree"] {
   };
 }
 
+/**
+ * The public point inside a PKCS#8 P-256 private key, when its ECPrivateKey carries one at the
+ * end (RFC 5915 §3 `publicKey [1] BIT STRING`, as Deno's Web Crypto writes it); else null.
+ */
+export function pkcs8PublicPoint(der: Uint8Array): Uint8Array | null {
+  const at = der.length - 70; // a1 44 03 42 00 04 <x> <y>
+  if (at < 0) return null;
+  const prefix = [0xa1, 0x44, 0x03, 0x42, 0x00, 0x04];
+  for (let i = 0; i < prefix.length; i++) if (der[at + i] !== prefix[i]) return null;
+  return der.slice(at + 5);
+}
+
+/**
+ * Whether the PKCS#8 export carries the public point (checked once per isolate against the
+ * `raw` export): Deno's `raw` export computes the point again (~380 µs on Deno 2.9, platform.md
+ * §8), while the PKCS#8 one copies what key generation already computed (~40 µs).
+ */
+let pkcs8Carries: Promise<boolean> | undefined;
+function pkcs8CarriesPoint(): Promise<boolean> {
+  pkcs8Carries ??= (async () => {
+    try {
+      const pair = await crypto.subtle.generateKey(ECDH_P256, true, [
+        "deriveBits",
+      ]) as CryptoKeyPair;
+      const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+      const der = new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey));
+      const point = pkcs8PublicPoint(der);
+      return point !== null && point.length === raw.length && point.every((b, i) => b === raw[i]);
+    } catch {
+      return false;
+    }
+  })();
+  return pkcs8Carries;
+}
+
 async function webCryptoKeyPair(): Promise<EphemeralKeyPair> {
-  const pair = await crypto.subtle.generateKey(ECDH_P256, false, ["deriveBits"]) as CryptoKeyPair;
-  const publicKey = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
+  const viaPkcs8 = await pkcs8CarriesPoint();
+  const pair = await crypto.subtle.generateKey(ECDH_P256, viaPkcs8, [
+    "deriveBits",
+  ]) as CryptoKeyPair;
+  const publicKey = viaPkcs8
+    ? pkcs8PublicPoint(new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey)))!
+    : new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
   return { publicKey, agree: webCryptoAgree(pair.privateKey) };
 }
 
@@ -250,11 +292,12 @@ function cpuMicros(): number {
 
 /**
  * The P-256 implementation that costs less CPU in this runtime, measured once per isolate and
- * remembered: 24 key pairs and ECDHs in flight on each, twice (the first round warms up the JIT
- * and Web Crypto's thread pool), some tens of milliseconds in all. Which one wins depends on
- * the Deno version, not on the relay (`node:crypto` on 2.5 and 2.9 as measured in bench/run.ts,
- * by a wide margin on 2.5). Web Crypto when `node:crypto`'s ECDH is missing or fails.
- * Call it while the process is otherwise idle (the relay does so as it starts).
+ * remembered: a warm-up round on each, then nine alternating rounds of 8 key pairs and ECDHs
+ * in flight on each, compared by the median ratio (single rounds of Web Crypto's thread-pool
+ * work vary by tens of percent); ~50 ms on Deno 2.5, ~100 ms on 2.9. Which one wins depends on the Deno version, not
+ * on the relay: `node:crypto` on 2.5 by a wide margin, Web Crypto on 2.9 by ~15 %. Web Crypto
+ * when `node:crypto`'s ECDH is missing or fails. Call it while the process is otherwise idle
+ * (the relay does so as it starts).
  */
 export function fastestP256Backend(): Promise<P256Backend> {
   fastest ??= (async (): Promise<P256Backend> => {
@@ -265,19 +308,28 @@ export function fastestP256Backend(): Promise<P256Backend> {
     } catch {
       return "webcrypto";
     }
-    const cost = async (backend: P256Backend) => {
+    const cost = async (backend: P256Backend, n: number) => {
       const before = cpuMicros();
       await Promise.all(
         Array.from(
-          { length: 24 },
+          { length: n },
           async () => (await generateEphemeralKeyPair(backend)).agree(peer),
         ),
       );
       return cpuMicros() - before;
     };
-    await cost("webcrypto");
-    await cost("node");
-    return await cost("node") <= await cost("webcrypto") ? "node" : "webcrypto";
+    // A warm-up round each (JIT, Web Crypto's thread pool), then alternating rounds; the median
+    // of the per-round ratios, as single rounds vary by tens of percent (other threads of the
+    // process, Web Crypto's pool, a busy machine).
+    await cost("webcrypto", 8);
+    await cost("node", 8);
+    const ratios: number[] = [];
+    for (let round = 0; round < 9; round++) {
+      const node = await cost("node", 8);
+      ratios.push(node / Math.max(1, await cost("webcrypto", 8)));
+    }
+    ratios.sort((a, b) => a - b);
+    return ratios[4]! <= 1 ? "node" : "webcrypto";
   })();
   return fastest;
 }
