@@ -155,15 +155,25 @@ export async function startTaskFlags(): Promise<string[]> {
   return words.slice(run + 1, main);
 }
 
+/**
+ * One `--v8-flags` from several (Deno 2.5 refuses the option twice): the task's values first,
+ * then the extra ones, which V8 lets override them.
+ */
+export function mergeV8Flags(args: string[]): string[] {
+  const v8 = args.filter((a) => a.startsWith("--v8-flags=")).map((a) => a.slice(11));
+  const rest = args.filter((a) => !a.startsWith("--v8-flags="));
+  return v8.length > 0 ? [...rest, `--v8-flags=${v8.join(",")}`] : rest;
+}
+
 /** Starts `main.ts` as its own process with `env` (on an ephemeral port), as `deno task start` does. */
 export async function startRelay(
   env: Record<string, string>,
   denoArgs: string[] = [],
 ): Promise<RelayProc> {
-  const flags = await startTaskFlags();
+  const flags = mergeV8Flags([...await startTaskFlags(), ...denoArgs]);
   const p = await spawnUntil(
     new Deno.Command(Deno.execPath(), {
-      args: ["run", ...flags, ...denoArgs, new URL("main.ts", ROOT).pathname],
+      args: ["run", ...flags, new URL("main.ts", ROOT).pathname],
       env: { PORT: "0", NO_COLOR: "1", DENO_CERT: `${CERT_DIR}ca.pem`, ...env },
       stdout: "piped",
       stderr: "piped",

@@ -59,7 +59,7 @@ export function createApp(deps: AppDeps): Hono {
     deps.metrics.httpRequests.inc({ code: `${Math.floor(c.res.status / 100)}xx` });
     deps.logger.log("info", "request", {
       method: c.req.method,
-      path: logPath(new URL(c.req.url).pathname),
+      path: logPath(c.req.path),
       status: c.res.status,
       ms,
     });
