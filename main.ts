@@ -10,8 +10,6 @@ import { ConfigError, loadConfig } from "./lib/config.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { createRelay } from "./lib/relay.ts";
 
-const logger = consoleLogger();
-
 let config;
 try {
   config = loadConfig(Deno.env.toObject());
@@ -22,6 +20,7 @@ try {
   }
   throw err;
 }
+const logger = consoleLogger({ gather: !config.onDenoDeploy });
 
 const kv = await Deno.openKv(config.kvPath);
 const relay = await createRelay({

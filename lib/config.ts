@@ -52,6 +52,13 @@ export interface Config {
   leaseMs: number;
   registrationRateLimit: number;
   allowPrivateEndpoints: boolean;
+  /**
+   * An outbound HTTP proxy is set (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, or lower-case):
+   * Web Push then goes out on `fetch`, which honours them, instead of the relay's own client.
+   */
+  outboundProxy: boolean;
+  /** Running on Deno Deploy (`DENO_DEPLOYMENT_ID` set): one `console.log` record per log line. */
+  onDenoDeploy: boolean;
   fcm: FcmConfig | null;
   apns: ApnsConfig | null;
 }
@@ -167,6 +174,16 @@ function base64Key(name: string, raw: string, length: number | [number, number])
 }
 
 /** Parses and validates the environment (CONTRACT §4). */
+/** The proxy variables `fetch` reads (it also honours `NO_PROXY`). */
+const PROXY_VARS = [
+  "HTTPS_PROXY",
+  "https_proxy",
+  "HTTP_PROXY",
+  "http_proxy",
+  "ALL_PROXY",
+  "all_proxy",
+];
+
 export function loadConfig(env: Env): Config {
   const port = integer(env, "PORT", 8000, 0, 65535);
   const publicUrl = httpUrl(
@@ -221,6 +238,7 @@ export function loadConfig(env: Env): Config {
     throw new ConfigError("RELAY_ALLOW_PRIVATE_ENDPOINTS", `must be 0 or 1, got "${allowRaw}"`);
   }
   const allowPrivateEndpoints = allowRaw === "1" || allowRaw === "true";
+  const outboundProxy = PROXY_VARS.some((name) => (env[name] ?? "") !== "");
 
   let fcm: FcmConfig | null = null;
   if (env.RELAY_FCM_SERVICE_ACCOUNT) {
@@ -285,6 +303,8 @@ export function loadConfig(env: Env): Config {
     leaseMs,
     registrationRateLimit,
     allowPrivateEndpoints,
+    outboundProxy,
+    onDenoDeploy: env.DENO_DEPLOYMENT_ID !== undefined,
     fcm,
     apns,
   };

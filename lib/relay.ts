@@ -91,7 +91,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const doFetch = options.fetch ?? fetch;
   // Web Push goes out on the relay's own HTTP/1.1 client unless a fetch is injected or an
   // outbound proxy is configured (fetch honours HTTPS_PROXY and friends; that client does not).
-  const webPushFetch = options.fetch ?? (proxyConfigured(envGetter) ? fetch : undefined);
+  const webPushFetch = options.fetch ?? (config.outboundProxy ? fetch : undefined);
   const store = new Store(kv);
   // Two processes opening one fresh SQLite file at once can meet "database is locked" on their
   // first writes; the store retries those (retryingKv).
@@ -229,18 +229,4 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     vapidPublicKey: vapid.publicKey,
     transports: infos,
   };
-}
-
-/** Whether an outbound HTTP proxy is configured in the environment (as `fetch` reads it). */
-export function proxyConfigured(get: (name: string) => string | undefined): boolean {
-  return ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
-    .some((name) => (get(name) ?? "") !== "");
-}
-
-function envGetter(name: string): string | undefined {
-  try {
-    return Deno.env.get(name);
-  } catch {
-    return undefined; // no env permission: fetch cannot read the proxy either
-  }
 }

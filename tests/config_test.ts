@@ -36,6 +36,16 @@ Deno.test("loadConfig() with no environment gives the contract's defaults (dev m
   assert.equal(https.vapidSubject, "https://push.example.org");
 });
 
+Deno.test("loadConfig() notes an outbound proxy (for fetch) and Deno Deploy (for one log record per line)", () => {
+  assert.equal(loadConfig({}).outboundProxy, false);
+  assert.equal(loadConfig({ HTTPS_PROXY: "" }).outboundProxy, false);
+  for (const name of ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"]) {
+    assert.equal(loadConfig({ [name]: "http://proxy.internal:3128" }).outboundProxy, true, name);
+  }
+  assert.equal(loadConfig({}).onDenoDeploy, false);
+  assert.equal(loadConfig({ DENO_DEPLOYMENT_ID: "abc123" }).onDenoDeploy, true);
+});
+
 Deno.test("parseApps() reads id:token pairs and path-authenticated apps with an empty token", () => {
   const id = "a".repeat(32);
   assert.deepEqual(parseApps(`ox:${"t".repeat(16)}, ${id}:`), [

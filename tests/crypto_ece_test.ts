@@ -14,7 +14,7 @@ import {
   RECORD_SIZE,
   validateSubscriptionKeys,
 } from "../lib/crypto/ece.ts";
-import { decodeBase64Url, encodeBase64Url, fromUtf8 } from "../lib/encoding.ts";
+import { concat, decodeBase64Url, encodeBase64Url, fromUtf8 } from "../lib/encoding.ts";
 
 // RFC 8291 Appendix A ("Intermediate Values for Encryption").
 const RFC8291 = {
@@ -86,12 +86,6 @@ for (const backend of ["node", "webcrypto"] as const) {
 }
 
 const hex = (h: string) => new Uint8Array(h.match(/../g)!.map((b) => parseInt(b, 16)));
-const concat = (...parts: Uint8Array[]) => {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) out.set(p, (at += p.length) - p.length);
-  return out;
-};
 // PKCS#8 (RFC 5208) around an RFC 5915 ECPrivateKey for P-256 (id-ecPublicKey, prime256v1).
 const PKCS8_HEAD = "020100301306072a8648ce3d020106082a8648ce3d030107";
 
@@ -107,7 +101,7 @@ Deno.test("RFC 5915 §3: pkcs8PublicPoint() reads the public key an ECPrivateKey
   // Web Crypto (an independent DER reader) takes the same bytes for the same key.
   const key = await crypto.subtle.importKey(
     "pkcs8",
-    withPoint,
+    withPoint as BufferSource,
     { name: "ECDH", namedCurve: "P-256" },
     true,
     ["deriveBits"],
@@ -117,7 +111,7 @@ Deno.test("RFC 5915 §3: pkcs8PublicPoint() reads the public key an ECPrivateKey
   assert.deepEqual(pkcs8PublicPoint(withPoint), point);
 
   // The public key is OPTIONAL in RFC 5915: without it, no point (the caller exports `raw`).
-  const without = concat(hex(`3041${PKCS8_HEAD}04273025020101 0420`.replace(" ", "")), d);
+  const without = concat(hex(`3041${PKCS8_HEAD}042730250201010420`), d);
   assert.equal(pkcs8PublicPoint(without), null);
   assert.equal(pkcs8PublicPoint(withPoint.subarray(0, withPoint.length - 1)), null);
   const compressed = withPoint.slice();

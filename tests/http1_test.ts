@@ -5,7 +5,13 @@
  */
 
 import assert from "node:assert/strict";
-import { createHttp1Client, type Post } from "../lib/transports/http1.ts";
+import {
+  createHttp1Client,
+  type Http1Client,
+  type Http1ClientOptions,
+  type Post,
+} from "../lib/transports/http1.ts";
+import { concat } from "../lib/encoding.ts";
 import { MOCK_CA_PEM } from "./mocks/apns_mock.ts";
 
 const CERT_DIR = new URL("./mocks/certs/", import.meta.url);
@@ -21,7 +27,7 @@ interface RawRequest {
 
 /** One accepted connection of a scripted server. */
 class RawConn {
-  private buf = new Uint8Array(0);
+  private buf: Uint8Array = new Uint8Array(0);
   constructor(readonly conn: Deno.Conn) {}
 
   /** The next request (head and Content-Length body), or null at the end of the connection. */
@@ -47,10 +53,7 @@ class RawConn {
         return null;
       }
       if (n === null) return null;
-      const next = new Uint8Array(this.buf.length + n);
-      next.set(this.buf);
-      next.set(chunk.subarray(0, n), this.buf.length);
-      this.buf = next;
+      this.buf = concat(this.buf, chunk.subarray(0, n));
     }
   }
 
@@ -98,6 +101,22 @@ function rawServer(script: (c: RawConn, index: number) => Promise<void>) {
       await Promise.all(done);
     },
   };
+}
+
+/** Runs `body` against a scripted server with a fresh client, and closes both afterwards. */
+async function withRawServer(
+  script: (c: RawConn, index: number) => Promise<void>,
+  body: (server: ReturnType<typeof rawServer>, client: Http1Client) => Promise<void>,
+  options: Http1ClientOptions = {},
+): Promise<void> {
+  const server = rawServer(script);
+  const client = createHttp1Client(options);
+  try {
+    await body(server, client);
+  } finally {
+    client.close();
+    await server.close();
+  }
 }
 
 /** Answers every request on the connection with `answer`, until the client closes it. */
@@ -169,26 +188,24 @@ Deno.test("concurrent requests each get their own connection, then reuse them", 
 });
 
 Deno.test("RFC 9112 §7.1: a chunked answer (extensions, trailers) is read to its end and the connection reused", async () => {
-  const server = rawServer(answerAll(
-    "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n" +
-      "5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n",
-  ));
-  const client = createHttp1Client();
-  try {
-    for (let i = 0; i < 3; i++) {
-      const res = await post(client.post, `${server.url}/c`);
-      assert.equal(res.status, 201);
-      assert.equal(res.header("retry-after"), "7");
-    }
-    assert.equal(server.connections, 1);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  await withRawServer(
+    answerAll(
+      "HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nRetry-After: 7\r\n\r\n" +
+        "5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n",
+    ),
+    async (server, client) => {
+      for (let i = 0; i < 3; i++) {
+        const res = await post(client.post, `${server.url}/c`);
+        assert.equal(res.status, 201);
+        assert.equal(res.header("retry-after"), "7");
+      }
+      assert.equal(server.connections, 1);
+    },
+  );
 });
 
 Deno.test("RFC 9112 §6.3: a Content-Length body is skipped and the connection reused, even when it arrives in pieces", async () => {
-  const server = rawServer(async (c) => {
+  await withRawServer(async (c) => {
     while (await c.request()) {
       await c.write("HTTP/1.1 404 Not Found\r\nContent-Len");
       await new Promise((r) => setTimeout(r, 5));
@@ -196,15 +213,10 @@ Deno.test("RFC 9112 §6.3: a Content-Length body is skipped and the connection r
       await new Promise((r) => setTimeout(r, 5));
       await c.write("56789");
     }
-  });
-  const client = createHttp1Client();
-  try {
+  }, async (server, client) => {
     for (let i = 0; i < 3; i++) assert.equal((await post(client.post, server.url)).status, 404);
     assert.equal(server.connections, 1);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  });
 });
 
 Deno.test("RFC 9112 §6.3: bodies that end with the connection or exceed 64 KiB, Connection: close and HTTP/1.0 are not reused", async () => {
@@ -220,45 +232,36 @@ Deno.test("RFC 9112 §6.3: bodies that end with the connection or exceed 64 KiB,
     `HTTP/1.1 201 Created\r\nTransfer-Encoding: gzip\r\n\r\nabc`,
   ];
   for (const answer of cases) {
-    const server = rawServer(answerAll(answer));
-    const client = createHttp1Client();
-    try {
+    await withRawServer(answerAll(answer), async (server, client) => {
       for (let i = 0; i < 2; i++) {
         const res = await post(client.post, server.url);
         assert.ok(res.status === 200 || res.status === 201, answer.slice(0, 40));
       }
       assert.equal(server.connections, 2, answer.slice(0, 40));
-    } finally {
-      client.close();
-      await server.close();
-    }
+    });
   }
 });
 
 Deno.test("RFC 9110 §15.2: interim 1xx answers are skipped; 204 has no body", async () => {
-  const server = rawServer(answerAll(
-    "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" +
-      "HTTP/1.1 204 No Content\r\n\r\n",
-  ));
-  const client = createHttp1Client();
-  try {
-    assert.equal((await post(client.post, server.url)).status, 204);
-    assert.equal((await post(client.post, server.url)).status, 204);
-    assert.equal(server.connections, 1);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  await withRawServer(
+    answerAll(
+      "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" +
+        "HTTP/1.1 204 No Content\r\n\r\n",
+    ),
+    async (server, client) => {
+      assert.equal((await post(client.post, server.url)).status, 204);
+      assert.equal((await post(client.post, server.url)).status, 204);
+      assert.equal(server.connections, 1);
+    },
+  );
 });
 
 Deno.test("a kept-alive connection the server closes while idle is dropped, and the next request opens a new one", async () => {
-  const server = rawServer(async (c) => {
+  await withRawServer(async (c) => {
     await c.request();
     await c.write("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
     // then closes (the script ends), as a server whose keep-alive timeout ran out
-  });
-  const client = createHttp1Client();
-  try {
+  }, async (server, client) => {
     assert.equal((await post(client.post, server.url)).status, 201);
     // The client's read on the idle connection sees the end.
     for (let i = 0; i < 50 && client.connections > 0; i++) {
@@ -268,31 +271,27 @@ Deno.test("a kept-alive connection the server closes while idle is dropped, and 
     assert.equal((await post(client.post, server.url)).status, 201);
     assert.equal(server.connections, 2);
     assert.equal(server.requests.length, 2);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  });
 });
 
 Deno.test("an idle connection older than idleTimeoutMs is not reused but closed", async () => {
-  const server = rawServer(answerAll("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"));
-  const client = createHttp1Client({ idleTimeoutMs: 40 });
-  try {
-    await post(client.post, server.url);
-    await post(client.post, server.url);
-    assert.equal(server.connections, 1);
-    await new Promise((r) => setTimeout(r, 60));
-    await post(client.post, server.url);
-    assert.equal(server.connections, 2);
-    assert.equal(client.connections, 1);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  await withRawServer(
+    answerAll("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+    async (server, client) => {
+      await post(client.post, server.url);
+      await post(client.post, server.url);
+      assert.equal(server.connections, 1);
+      await new Promise((r) => setTimeout(r, 60));
+      await post(client.post, server.url);
+      assert.equal(server.connections, 2);
+      assert.equal(client.connections, 1);
+    },
+    { idleTimeoutMs: 40 },
+  );
 });
 
 Deno.test("RFC 9112 §9.3.1: a reused connection closed before any byte of the answer is retried once on a new connection", async () => {
-  const server = rawServer(async (c, index) => {
+  await withRawServer(async (c, index) => {
     if (index === 0) {
       await c.request();
       await c.write("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n");
@@ -300,17 +299,12 @@ Deno.test("RFC 9112 §9.3.1: a reused connection closed before any byte of the a
       return;
     }
     await answerAll("HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")(c);
-  });
-  const client = createHttp1Client();
-  try {
+  }, async (server, client) => {
     assert.equal((await post(client.post, server.url, "one")).status, 201);
     assert.equal((await post(client.post, server.url, "two")).status, 202);
     assert.equal(server.connections, 2);
     assert.deepEqual(server.requests.map((r) => dec.decode(r.body)), ["one", "two", "two"]);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  });
 });
 
 Deno.test("a new connection closed without an answer, or with part of one, is an error and not retried", async () => {
@@ -321,19 +315,14 @@ Deno.test("a new connection closed without an answer, or with part of one, is an
       "HTTP/1.1 201 Created\r\nContent-Length: 9\r\n\r\nabc",
     ]
   ) {
-    const server = rawServer(async (c) => {
+    await withRawServer(async (c) => {
       await c.request();
       if (partial) await c.write(partial);
-    });
-    const client = createHttp1Client();
-    try {
+    }, async (server, client) => {
       await assert.rejects(post(client.post, server.url), /closed before the response/);
       assert.equal(server.requests.length, 1);
       assert.equal(client.connections, 0);
-    } finally {
-      client.close();
-      await server.close();
-    }
+    });
   }
 });
 
@@ -347,51 +336,37 @@ Deno.test("RFC 9112 §4, §5, §6.3: malformed answers are errors and the connec
     ["HTTP/1.1 201 Created\r\nX: " + "y".repeat(70_000) + "\r\n\r\n", /response head too large/],
   ];
   for (const [answer, error] of cases) {
-    const server = rawServer(answerAll(answer));
-    const client = createHttp1Client();
-    try {
+    await withRawServer(answerAll(answer), async (server, client) => {
       await assert.rejects(post(client.post, server.url), error);
       assert.equal(client.connections, 0);
-    } finally {
-      client.close();
-      await server.close();
-    }
+    });
   }
 });
 
 Deno.test("a server that does not answer in HTTP/1.x is handed to the fallback, from then on", async () => {
   // HTTP/2 frames (a SETTINGS frame), as an h2-only server that ignored ALPN would send.
-  const server = rawServer(async (c) => {
+  const h2Frames = async (c: RawConn) => {
     await c.request();
     await c.write(new Uint8Array([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]));
-  });
+  };
   const fallbackCalls: string[] = [];
-  const client = createHttp1Client({
-    fallback: (url, _headers, body) => {
-      fallbackCalls.push(`${url.pathname} ${dec.decode(body)}`);
-      return Promise.resolve({ status: 201, header: () => null });
-    },
-  });
-  try {
+  const fallback: Post = (url, _headers, body) => {
+    fallbackCalls.push(`${url.pathname} ${dec.decode(body)}`);
+    return Promise.resolve({ status: 201, header: () => null });
+  };
+  await withRawServer(h2Frames, async (server, client) => {
     assert.equal((await post(client.post, `${server.url}/a`, "1")).status, 201);
     assert.equal((await post(client.post, `${server.url}/b`, "2")).status, 201);
     assert.deepEqual(fallbackCalls, ["/a 1", "/b 2"]);
     assert.equal(server.connections, 1);
-  } finally {
-    client.close();
-    await server.close();
-  }
-  const noFallback = rawServer(async (c) => {
+  }, { fallback });
+  const ssh = async (c: RawConn) => {
     await c.request();
     await c.write("SSH-2.0-OpenSSH\r\n");
+  };
+  await withRawServer(ssh, async (server, client) => {
+    await assert.rejects(post(client.post, server.url), /did not answer in HTTP\/1/);
   });
-  const plain = createHttp1Client();
-  try {
-    await assert.rejects(post(plain.post, noFallback.url), /did not answer in HTTP\/1/);
-  } finally {
-    plain.close();
-    await noFallback.close();
-  }
 });
 
 Deno.test("TLS: the certificate is verified, only http/1.1 is offered, and an HTTP/2-only server goes to the fallback", async () => {
@@ -447,12 +422,10 @@ Deno.test("TLS: the certificate is verified, only http/1.1 is offered, and an HT
 });
 
 Deno.test("an aborted request rejects with the signal's reason and closes its connection", async () => {
-  const server = rawServer(async (c) => {
+  await withRawServer(async (c) => {
     await c.request(); // never answers
     await c.request();
-  });
-  const client = createHttp1Client();
-  try {
+  }, async (server, client) => {
     const controller = new AbortController();
     const reason = new DOMException("too slow", "TimeoutError");
     setTimeout(() => controller.abort(reason), 30);
@@ -464,34 +437,29 @@ Deno.test("an aborted request rejects with the signal's reason and closes its co
     const already = AbortSignal.abort(new Error("already"));
     await assert.rejects(client.post(new URL(server.url), {}, enc.encode("x"), already), /already/);
     assert.equal(server.requests.length, 1);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  });
 });
 
 Deno.test("request headers that could break the message framing are refused before anything is sent", async () => {
-  const server = rawServer(answerAll("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"));
-  const client = createHttp1Client();
-  try {
-    for (
-      const headers of [
-        { "Topic": "a\r\nX-Injected: 1" },
-        { "Bad Name": "x" },
-        { "Content-Length": "1" },
-        { "Transfer-Encoding": "chunked" },
-        { "Host": "elsewhere" },
-        { "Urgency": "héllo" },
-      ]
-    ) {
-      await assert.rejects(post(client.post, server.url, "x", headers), TypeError);
-    }
-    await assert.rejects(post(client.post, server.url.replace("//", "//user:pw@")), TypeError);
-    assert.equal(server.requests.length, 0);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  await withRawServer(
+    answerAll("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"),
+    async (server, client) => {
+      for (
+        const headers of [
+          { "Topic": "a\r\nX-Injected: 1" },
+          { "Bad Name": "x" },
+          { "Content-Length": "1" },
+          { "Transfer-Encoding": "chunked" },
+          { "Host": "elsewhere" },
+          { "Urgency": "héllo" },
+        ]
+      ) {
+        await assert.rejects(post(client.post, server.url, "x", headers), TypeError);
+      }
+      await assert.rejects(post(client.post, server.url.replace("//", "//user:pw@")), TypeError);
+      assert.equal(server.requests.length, 0);
+    },
+  );
 });
 
 Deno.test("network errors do not carry the endpoint URL", async () => {
@@ -513,13 +481,11 @@ Deno.test("network errors do not carry the endpoint URL", async () => {
 });
 
 Deno.test("close() closes idle and busy connections, and later requests are refused", async () => {
-  const server = rawServer(async (c, index) => {
+  await withRawServer(async (c, index) => {
     if (index === 0) return await answerAll("HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")(c);
     await c.request(); // the second connection never answers
     await c.request();
-  });
-  const client = createHttp1Client();
-  try {
+  }, async (server, client) => {
     await post(client.post, server.url);
     // One request reuses the idle connection and is answered; the other opens one that hangs.
     const outcomes = [post(client.post, server.url), post(client.post, server.url)].map((p) =>
@@ -534,8 +500,5 @@ Deno.test("close() closes idle and busy connections, and later requests are refu
     assert.match(await outcomes[1]!, /^error/);
     assert.equal(client.connections, 0);
     await assert.rejects(post(client.post, server.url), /client closed/);
-  } finally {
-    client.close();
-    await server.close();
-  }
+  });
 });

@@ -172,7 +172,7 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
       client?.close();
     },
     [Symbol.dispose]() {
-      client?.close();
+      this.close();
     },
   };
 }
