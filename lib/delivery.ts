@@ -140,6 +140,20 @@ export function sameClient(subscriber: string, messageClientId: string | undefin
   return decodeClientId(subscriber) === decodeClientId(messageClientId);
 }
 
+/**
+ * The RFC 8030 §5.2 `TTL` of one attempt: a first attempt carries the full value it was
+ * given (`RELAY_TTL`, or the TTL an ingress message arrived with), so a push service keeps the
+ * message as long as configured. A retry carries what is left of the message's lifetime in
+ * whole seconds, rounded down, so a push service never keeps it past that lifetime.
+ */
+export function attemptTtl(
+  d: { ttl: number; expiresAt: number; attempts: number },
+  now: number,
+): number {
+  if (d.attempts === 0) return d.ttl;
+  return Math.min(d.ttl, Math.max(0, Math.floor((d.expiresAt - now) / 1000)));
+}
+
 /** Time-ordered unique id: sortable by creation, unguessable suffix. */
 export function newId(now: number): string {
   return `${now.toString(36).padStart(9, "0")}${randomToken(9)}`;
@@ -706,6 +720,9 @@ export class DeliveryEngine {
   ): Promise<void> {
     const now = this.now();
     const ttl = options.ttl ?? this.ttl;
+    // RFC 8030 §5.2: TTL 0 means "now or never"; one second of lifetime lets the first attempt
+    // run, and that attempt still carries TTL 0.
+    const lifetimeMs = Math.max(1, ttl) * 1000;
     const lease = this.newLease();
     const d: QueuedDelivery = {
       id: newId(now),
@@ -718,7 +735,7 @@ export class DeliveryEngine {
       ...(options.collapseKey !== undefined ? { collapseKey: options.collapseKey } : {}),
       attempts: 0,
       createdAt: now,
-      expiresAt: now + ttl * 1000,
+      expiresAt: now + lifetimeMs,
       ...(lease.owner !== "" ? { lease } : {}),
     };
     const key = `q:${d.dueAt}:${d.id}`;
@@ -1007,7 +1024,8 @@ export class DeliveryEngine {
     };
     const sent = await this.send(reg, {
       payload,
-      ttl: Math.max(0, Math.floor((m.expiresAt - now) / 1000)),
+      // A fan-out send is always its message's first attempt for this subscriber.
+      ttl: this.ttl,
       urgency: urgencyFor(fields.priority),
       priority: fields.priority,
       collapseKey,
@@ -1122,7 +1140,7 @@ export class DeliveryEngine {
   private async handleOutcome(
     reg: Registration,
     sent: { outcome: DeliveryOutcome; attempted: boolean },
-    d: Omit<QueuedDelivery, "id" | "dueAt" | "clientId" | "ttl">,
+    d: Omit<QueuedDelivery, "id" | "dueAt" | "clientId" | "ttl"> & { ttl?: number },
   ): Promise<{ retry?: QueuedDelivery; dead?: DeadLetter }> {
     const { outcome } = sent;
     const tid = reg.target.transport;
@@ -1178,7 +1196,7 @@ export class DeliveryEngine {
         ...base,
         id: newId(now),
         dueAt,
-        ttl: this.ttl,
+        ttl: d.ttl ?? this.ttl,
         lastError: outcome.reason,
       },
     };
@@ -1215,7 +1233,7 @@ export class DeliveryEngine {
     }
     const sent = await this.send(reg, {
       payload: d.payload,
-      ttl: Math.max(0, Math.floor((d.expiresAt - now) / 1000)),
+      ttl: attemptTtl(d, now),
       urgency: urgencyFor(d.priority),
       priority: d.priority,
       ...(d.collapseKey !== undefined ? { collapseKey: d.collapseKey } : {}),

@@ -497,8 +497,7 @@ export class Ingress {
     await this.o.engine.enqueueDirect(reg.clientId, { kind: "encrypted", body: m.body }, {
       reason: "ingress",
       priority: URGENCY_PRIORITY[m.urgency],
-      // RFC 8030 §5.2: TTL 0 means "now or never"; one second lets the first attempt run.
-      ttl: Math.max(1, m.ttl),
+      ttl: m.ttl,
       ...(m.topic !== undefined ? { collapseKey: m.topic } : {}),
     });
     if (m.topic !== undefined) {

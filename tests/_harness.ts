@@ -15,6 +15,10 @@ import type {
 } from "../lib/transports/types.ts";
 import { encodeBase64Url } from "../lib/encoding.ts";
 
+/**
+ * The injected clock's start. It is only ever used on the harness clock (`h.clock`); a test on
+ * the real clock (`{ now: Date.now }`) derives its dates from `h.now()` instead.
+ */
 export const T0 = Date.parse("2026-11-24T09:00:00Z");
 export const APP_TOKEN = "app-one-token-0123456789abcdef";
 export const APP2_TOKEN = "app-two-token-0123456789abcdef";
@@ -72,7 +76,10 @@ export class FakeTransport implements Transport {
 export interface Harness {
   relay: Relay;
   kv: Deno.Kv;
+  /** The settable clock; the relay runs on it unless the test passed its own `now`. */
   clock: { now: number };
+  /** The clock the relay runs on: every date a test builds comes from it. */
+  now(): number;
   webPush: FakeTransport;
   logger: ReturnType<typeof memoryLogger>;
   request(
@@ -100,7 +107,7 @@ export async function harness(
 ): Promise<Harness> {
   const kv = await Deno.openKv(":memory:");
   const clock = { now: T0 };
-  const now = () => clock.now;
+  const now = options.now ?? (() => clock.now);
   const logger = memoryLogger();
   const webPush = new FakeTransport("web-push", now);
   const config = loadConfig({
@@ -141,6 +148,7 @@ export async function harness(
     relay,
     kv,
     clock,
+    now,
     webPush,
     logger,
     request,
@@ -174,7 +182,7 @@ export async function harness(
               "transport-uri": `${PUBLIC_URL}/transports/web-push`,
               "client-data": clientData,
             },
-            expires: o.expires ?? new Date(clock.now + 86400_000).toISOString(),
+            expires: o.expires ?? new Date(now() + 86400_000).toISOString(),
           },
         },
       });

@@ -196,7 +196,13 @@ async function setup(upstreamOptions: FakeUpstreamOptions = {}) {
   };
 }
 
-function subscribeBody(topics: string[], expires = "2999-01-01T00:00:00Z", prefix = "P") {
+/** RFC 3339 at whole seconds, `offsetMs` from the real clock the bridge runs on. */
+function rfc3339(offsetMs: number): string {
+  return new Date(Date.now() + offsetMs).toISOString().replace(/\.\d+Z$/, "Z");
+}
+const IN_A_DAY = rfc3339(86400_000);
+
+function subscribeBody(topics: string[], expires = IN_A_DAY, prefix = "P") {
   return `<${prefix}:subscribe xmlns:${prefix}="urn:ietf:params:xml:ns:dav-push">` +
     topics.map((t) => `<${prefix}:topic>${t}</${prefix}:topic>`).join("") +
     `<${prefix}:selected-transport><${prefix}:transport-uri>http://relay/transports/web-push` +
@@ -343,7 +349,7 @@ Deno.test("§5.3 POST /subscribe forwards to the relay with the bridge token and
     const res = await t.req("/subscribe", {
       method: "POST",
       headers: { "content-type": "application/xml" },
-      body: subscribeBody([t.topic], "2999-01-01T00:00:00Z", prefix),
+      body: subscribeBody([t.topic], IN_A_DAY, prefix),
     });
     assert.equal(res.status, 200);
     assert.equal(await res.text(), "");
@@ -357,7 +363,7 @@ Deno.test("§5.3 POST /subscribe forwards to the relay with the bridge token and
         "transport-uri": "http://relay/transports/web-push",
         "client-data": "cd",
       },
-      expires: "2999-01-01T00:00:00Z",
+      expires: IN_A_DAY,
     },
   });
 });
@@ -414,13 +420,14 @@ Deno.test("POST /subscribe over 64 KiB is 413", async () => {
 
 Deno.test("§5.2.2 a past expires is forwarded to the relay as the unsubscribe it is", async () => {
   await using t = await setup();
+  const yesterday = rfc3339(-86400_000);
   const res = await t.req("/subscribe", {
     method: "POST",
-    body: subscribeBody([t.topic], "1970-01-01T00:00:00Z"),
+    body: subscribeBody([t.topic], yesterday),
   });
   assert.equal(res.status, 200);
   const forwarded = t.relay.subscribes()[0]!.body["push-subscribe"] as { expires: string };
-  assert.equal(forwarded.expires, "1970-01-01T00:00:00Z");
+  assert.equal(forwarded.expires, yesterday);
 });
 
 Deno.test("the relay's 400 and 403 refusals of the client's data are passed on with their status", async () => {

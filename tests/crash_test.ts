@@ -7,6 +7,7 @@
  */
 
 import assert from "node:assert/strict";
+import { formatRfc3339 } from "../lib/time.ts";
 import { startRelayProcess } from "./peers/relay_process.ts";
 import {
   leftoverWork,
@@ -42,7 +43,7 @@ Deno.test("Crash: a relay killed with SIGKILL half way through a 3000-subscriber
     const first = await startRelayProcess(env);
     // The 200 means the work is durable: every unlisted topic counts as delivered.
     assert.deepEqual(
-      await pushToRelay(first.url, { topic: "crash-topic", timestamp: "2026-11-24T09:15:02Z" }),
+      await pushToRelay(first.url, { topic: "crash-topic", timestamp: formatRfc3339(Date.now()) }),
       [200, { "push-response": {} }],
     );
 

@@ -8,6 +8,7 @@
  */
 
 import assert from "node:assert/strict";
+import { formatRfc3339 } from "../lib/time.ts";
 import { startRelayProcess } from "./peers/relay_process.ts";
 import {
   leftoverWork,
@@ -43,7 +44,10 @@ Deno.test("Two relay processes on one KV deliver each (message, subscription) ex
     const b = await startRelayProcess(env);
     const started = performance.now();
     try {
-      const stamps = [...Array(MESSAGES).keys()].map((i) => `2026-11-24T09:15:0${i}Z`);
+      // Distinct change times, derived from the real clock the processes run on.
+      const stamps = [...Array(MESSAGES).keys()].map((i) =>
+        formatRfc3339(Date.now() - 10_000 + i * 1000)
+      );
       const answers = await Promise.all(stamps.map(async (timestamp, i) => {
         return await pushToRelay((i % 2 === 0 ? a : b).url, { topic: "shared", timestamp });
       }));

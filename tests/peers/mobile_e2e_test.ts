@@ -6,7 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { harness, PUBLIC_URL, settle } from "../_harness.ts";
+import { formatRfc3339 } from "../../lib/time.ts";
+import { APP_TOKEN, harness, PUBLIC_URL, settle, testSubscriptionKeys } from "../_harness.ts";
 import { fcmError, startFcmMock } from "../mocks/fcm_mock.ts";
 import { MOCK_CA_PEM, startApnsMock } from "../mocks/apns_mock.ts";
 import { makeApnsKey, makeServiceAccount } from "../mocks/keys.ts";
@@ -16,13 +17,13 @@ const FCM_TOKEN = "fcm-token:APA91bHPRgkFLJu6hKDb6Ze0mRj0Mk8cCm6TF6Tr8KT7fjx";
 const APNS_TOKEN = "a".repeat(64);
 const BUNDLE = "org.example.calendar";
 
-async function mobileRelay() {
+async function mobileRelay(env: Record<string, string> = {}, now: () => number = Date.now) {
   const sa = await makeServiceAccount();
   const fcm = startFcmMock({
     projectId: sa.projectId,
     clientEmail: sa.clientEmail,
     publicKey: sa.publicKey,
-    now: Date.now,
+    now,
   });
   const key = await makeApnsKey();
   const apns = await startApnsMock({
@@ -30,7 +31,7 @@ async function mobileRelay() {
     keyId: key.keyId,
     publicKey: key.publicKey,
     topic: BUNDLE,
-    now: Date.now,
+    now,
   });
   const apnsClient = createApnsHttpClient({ caCerts: [MOCK_CA_PEM] });
   const h = await harness({
@@ -42,7 +43,8 @@ async function mobileRelay() {
     RELAY_APNS_TOPIC: BUNDLE,
     RELAY_APNS_API_URL: apns.url,
     RELAY_APNS_SANDBOX_URL: apns.url,
-  }, { now: Date.now, apnsClient, transports: {} });
+    ...env,
+  }, { now, apnsClient, transports: {} });
   return {
     h,
     fcm,
@@ -113,7 +115,7 @@ Deno.test("A push reaches FCM as a data message and APNs as a background push wi
       json: { transport: "apns", token: APNS_TOKEN, environment: "sandbox" },
     })).json();
     assert.equal(f["transport-uri"], `${PUBLIC_URL}/transports/fcm`);
-    const expires = new Date(Date.now() + 3600_000).toISOString();
+    const expires = new Date(m.h.now() + 3600_000).toISOString();
     for (const [reg, uri] of [[f, "fcm"], [a, "apns"]] as const) {
       const res = await m.h.request("/gateway", {
         method: "POST",
@@ -134,7 +136,8 @@ Deno.test("A push reaches FCM as a data message and APNs as a background push wi
     await settle(m.h);
     m.fcm.sends.length = 0;
     m.apns.requests.length = 0;
-    await m.h.push([{ topic: "cal", priority: 80, timestamp: "2026-11-24T09:15:02Z" }]);
+    const changedAt = formatRfc3339(m.h.now() - 2000);
+    await m.h.push([{ topic: "cal", priority: 80, timestamp: changedAt }]);
     await settle(m.h);
 
     assert.equal(m.fcm.sends.length, 1);
@@ -144,7 +147,7 @@ Deno.test("A push reaches FCM as a data message and APNs as a background push wi
     assert.deepEqual(msg.data, {
       type: "update",
       topic: "cal",
-      timestamp: "2026-11-24T09:15:02Z",
+      timestamp: changedAt,
       priority: "80",
     });
     assert.equal(msg.android!.priority, "high");
@@ -162,7 +165,7 @@ Deno.test("A push reaches FCM as a data message and APNs as a background push wi
       aps: { "content-available": 1 },
       type: "update",
       topic: "cal",
-      timestamp: "2026-11-24T09:15:02Z",
+      timestamp: changedAt,
       priority: 80,
     });
     assert.deepEqual(m.fcm.problems, []);
@@ -180,7 +183,7 @@ Deno.test("FCM UNREGISTERED and APNs 410 Unregistered prune the client; an FCM 4
     const f1 = await reg({ transport: "fcm", token: FCM_TOKEN });
     const f2 = await reg({ transport: "fcm", token: `${FCM_TOKEN}-2` });
     const a = await reg({ transport: "apns", token: APNS_TOKEN, environment: "production" });
-    const expires = new Date(Date.now() + 3600_000).toISOString();
+    const expires = new Date(m.h.now() + 3600_000).toISOString();
     for (
       const [r, t, topic] of [[f1, "fcm", "f1"], [f2, "fcm", "f2"], [a, "apns", "a1"]] as const
     ) {
@@ -218,6 +221,73 @@ Deno.test("FCM UNREGISTERED and APNs 410 Unregistered prune the client; an FCM 4
     assert.deepEqual(await after.json(), {
       "push-response": { "no-subscribers": [{ topic: "f1" }, { topic: "a1" }] },
     });
+  } finally {
+    await m.close();
+  }
+});
+
+Deno.test("RFC 8030 §5.2 TTL on the wire: a first attempt carries RELAY_TTL exactly as the Web Push TTL, FCM android.ttl and APNs apns-expiration", async () => {
+  // The real clock from a whole second on, moved on by 1 ms at every read: time passes between
+  // the 200 and each send, and the sends still fall in the push's second.
+  const start = Math.ceil(Date.now() / 1000) * 1000;
+  let reads = 0;
+  const now = () => start + reads++;
+  const seen: (string | null)[] = [];
+  await using sink = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
+    seen.push(req.headers.get("ttl"));
+    return new Response(null, { status: 201 });
+  });
+  const m = await mobileRelay({ RELAY_TTL: "3333", RELAY_ALLOW_PRIVATE_ENDPOINTS: "1" }, now);
+  try {
+    const { publicKey } = await testSubscriptionKeys();
+    const devices = [
+      { transport: "fcm", token: FCM_TOKEN },
+      { transport: "apns", token: APNS_TOKEN, environment: "production" },
+      {
+        transport: "web-push",
+        subscription: {
+          endpoint: `http://127.0.0.1:${sink.addr.port}/w/1`,
+          keys: { p256dh: publicKey, auth: "AAECAwQFBgcICQoLDA0ODw" },
+        },
+      },
+    ];
+    for (const json of devices) {
+      const reg = await (await m.h.request("/registrations", { method: "POST", json })).json();
+      const res = await m.h.request("/gateway", {
+        method: "POST",
+        headers: { authorization: `Bearer ${APP_TOKEN}` },
+        json: {
+          "push-subscribe": {
+            topics: ["ttl"],
+            "selected-transport": {
+              "transport-uri": reg["transport-uri"],
+              "client-data": reg["client-data"],
+            },
+            expires: new Date(now() + 3600_000).toISOString(),
+          },
+        },
+      });
+      assert.equal(res.status, 200);
+    }
+    await settle(m.h);
+    m.fcm.sends.length = 0;
+    m.apns.requests.length = 0;
+    seen.length = 0;
+    const pushedAt = now();
+    assert.equal((await m.h.push([{ topic: "ttl" }])).status, 200);
+    await settle(m.h);
+    assert.equal(
+      Math.floor(now() / 1000),
+      Math.floor(pushedAt / 1000),
+      "the clock left its second",
+    );
+    assert.deepEqual(seen, ["3333"]);
+    const android = (m.fcm.sends[0]!.body.message as { android: Record<string, unknown> }).android;
+    assert.equal(android.ttl, "3333s");
+    assert.equal(
+      m.apns.requests[0]!.headers["apns-expiration"],
+      String(Math.floor(pushedAt / 1000) + 3333),
+    );
   } finally {
     await m.close();
   }

@@ -113,6 +113,12 @@ async function startRadicale(dir: string) {
       "type = owner_only",
       "[storage]",
       `filesystem_folder = ${dir}/collections`,
+      // Radicale drops sync-token history older than this, comparing its clock with the files'
+      // mtimes. The suite also runs under faketime, where Radicale's clock is moved ahead but
+      // the kernel's mtimes are not: with the default (30 days) every token would look stale,
+      // Radicale would answer RFC 6578 "invalid token", and the bridge would (rightly) push to
+      // everyone. Ten years keeps the token valid under any shift the suite uses.
+      "max_sync_token_age = 315360000",
       "[web]",
       "type = none",
       "[logging]",
@@ -163,16 +169,22 @@ async function startRadicale(dir: string) {
 
 const ALICE = `Basic ${btoa("alice:alice-password")}`;
 
+/** RFC 5545 §3.3.5 UTC date-time, from the real clock the processes run on. */
+function icalTime(ms: number): string {
+  return new Date(ms).toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+}
+
 function event(uid: string, summary: string): string {
+  const now = Date.now();
   return [
     "BEGIN:VCALENDAR",
     "VERSION:2.0",
     "PRODID:-//dav-push-relay//e2e//EN",
     "BEGIN:VEVENT",
     `UID:${uid}`,
-    "DTSTAMP:20261124T090000Z",
-    "DTSTART:20261201T100000Z",
-    "DTEND:20261201T110000Z",
+    `DTSTAMP:${icalTime(now)}`,
+    `DTSTART:${icalTime(now + 7 * 86400_000)}`,
+    `DTEND:${icalTime(now + 7 * 86400_000 + 3600_000)}`,
     `SUMMARY:${summary}`,
     "END:VEVENT",
     "END:VCALENDAR",

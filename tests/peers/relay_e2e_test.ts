@@ -5,6 +5,7 @@
  */
 
 import assert from "node:assert/strict";
+import { formatRfc3339 } from "../../lib/time.ts";
 import { harness, settle } from "../_harness.ts";
 import { startWebPushTesting } from "./web_push_testing.ts";
 
@@ -24,7 +25,7 @@ Deno.test("web-push-testing end to end: register, subscribe, push; the decrypted
     const { "client-data": clientData, "client-id": clientId } = await reg.json();
 
     const subscribed = await h.subscribe(clientData, ["cal-home"], {
-      expires: new Date(Date.now() + 3600_000).toISOString(),
+      expires: new Date(h.now() + 3600_000).toISOString(),
     });
     assert.equal(subscribed.status, 200);
     // §5.3 SHOULD: the acknowledging push arrives, decrypted by the push service.
@@ -32,17 +33,14 @@ Deno.test("web-push-testing end to end: register, subscribe, push; the decrypted
     assert.deepEqual(JSON.parse(ack!).type, "subscribed");
     assert.deepEqual(JSON.parse(ack!).topics, ["cal-home"]);
 
-    const res = await h.push([{
-      topic: "cal-home",
-      priority: 80,
-      timestamp: "2026-11-24T09:15:02Z",
-    }]);
+    const changedAt = formatRfc3339(h.now() - 2000);
+    const res = await h.push([{ topic: "cal-home", priority: 80, timestamp: changedAt }]);
     assert.deepEqual(await res.json(), { "push-response": {} });
     const all = await push.waitForNotifications(sub, { count: 2, timeoutMs: 5000 });
     assert.deepEqual(JSON.parse(all[1]!), {
       type: "update",
       topic: "cal-home",
-      timestamp: "2026-11-24T09:15:02Z",
+      timestamp: changedAt,
       priority: 80,
     });
 

@@ -6,7 +6,10 @@ import { createWebPushTransport } from "../../lib/transports/web_push.ts";
 import type { OutboundMessage, WebPushTarget } from "../../lib/transports/types.ts";
 import { startWebPushTesting } from "./web_push_testing.ts";
 
-const NOW = Date.UTC(2026, 10, 24, 12, 0, 0);
+// The real clock, read once: the push service checks VAPID against it, and every date here
+// (Retry-After, the payload) derives from it.
+// A whole second, since an HTTP-date Retry-After has no fractions.
+const NOW = Math.floor(Date.now() / 1000) * 1000;
 const now = () => NOW;
 
 /**
@@ -39,7 +42,7 @@ Deno.test("RFC 8030/8291/8292: web-push-testing verifies our VAPID, decrypts the
     const data = {
       type: "update",
       topic: "Zk3m8PqW0oYt5sUe",
-      timestamp: "2026-11-24T12:00:00Z",
+      timestamp: new Date(NOW).toISOString(),
       priority: 90,
       note: "ünïcödé ✓",
     };
