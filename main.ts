@@ -8,7 +8,7 @@
 import { describeError } from "./lib/errors.ts";
 import { ConfigError, loadConfig } from "./lib/config.ts";
 import { consoleLogger } from "./lib/log.ts";
-import { createRelay } from "./lib/relay.ts";
+import { createRelay } from "./relay.ts";
 
 let config;
 try {

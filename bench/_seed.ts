@@ -1,6 +1,6 @@
 /**
  * Fills a relay's KV file with Web Push registrations and subscriptions through the relay's
- * own storage API (`Store.putRegistration`, `Store.upsertSubscriptions`: what
+ * own storage API (`registrations.put`, `subscriptions.upsert`: what
  * `POST /registrations` and a `push-subscribe` write), without the HTTP round trips and the
  * acknowledging pushes, so that large N are quick to set up.
  *
@@ -8,7 +8,8 @@
  */
 
 import { encodeBase64Url, randomBytes, randomToken } from "../lib/encoding.ts";
-import { type Registration, Store } from "../lib/store.ts";
+import type { Registration } from "../lib/model.ts";
+import type { Store } from "../lib/store/mod.ts";
 import { targetHash } from "../lib/targets.ts";
 import type { WebPushTarget } from "../lib/transports/types.ts";
 import { makeSubscriber } from "./crypto_floor.ts";
@@ -55,7 +56,7 @@ export async function seedClients(
       auth: encodeBase64Url(randomBytes(16)),
     };
     const reg: Registration = { clientId: randomToken(16), target, createdAt: options.now };
-    await store.putRegistration(reg, await targetHash(target));
+    await store.registrations.put(reg, await targetHash(target));
     clients[i] = { clientId: reg.clientId, target };
   });
   return clients;
@@ -71,7 +72,7 @@ export async function seedSubscriptions(
   now: number,
 ): Promise<void> {
   await pool(clients.length, 64, async (i) => {
-    await store.upsertSubscriptions(app, clients[i]!.clientId, "web-push", [topic], exp, now);
+    await store.subscriptions.upsert(app, clients[i]!.clientId, "web-push", [topic], exp, now);
   });
 }
 

@@ -18,7 +18,7 @@
 
 import { generateVapidKeys } from "../lib/crypto/vapid.ts";
 import { encodeBase64Url, randomBytes, randomToken } from "../lib/encoding.ts";
-import { Store } from "../lib/store.ts";
+import { createStore } from "../lib/store/mod.ts";
 import { fastestP256Backend, type P256Backend } from "../lib/crypto/ece.ts";
 import { measureFloorHere, measureFloorWorkers, type Pipeline } from "./crypto_floor.ts";
 import {
@@ -361,7 +361,7 @@ async function storage(sink: Sink, keys: string[], env: Record<string, string>) 
     let kv = await Deno.openKv(path);
     log(`storage: registering ${n} clients`);
     // Endpoints as long as real ones (FCM: ~150 characters after the origin), on the sink.
-    const clients = await seedClients(new Store(kv), n, {
+    const clients = await seedClients(createStore(kv), n, {
       endpointBase: `${sink.url}/fcm/send`,
       keys,
       pathBytes: 105,
@@ -372,7 +372,7 @@ async function storage(sink: Sink, keys: string[], env: Record<string, string>) 
 
     kv = await Deno.openKv(path);
     log(`storage: subscribing ${n} clients to one topic`);
-    await seedSubscriptions(new Store(kv), APP, "all-clients", clients, now + 47 * HOUR, now);
+    await seedSubscriptions(createStore(kv), APP, "all-clients", clients, now + 47 * HOUR, now);
     kv.close();
     const size2 = await kvFileBytes(path);
 
@@ -625,7 +625,7 @@ async function main() {
     if (want("fanout") || want("node") || want("ingest")) {
       log(`seeding ${maxN} clients`);
       const kv = await Deno.openKv(path);
-      const store = new Store(kv);
+      const store = createStore(kv);
       clients = await seedClients(store, maxN, { endpointBase: `${sink.url}/wpush`, keys, now });
       for (const n of P.fanout) {
         for (let i = 0; i < repeatsOf(n); i++) {

@@ -7,11 +7,12 @@
  */
 
 import type { Config } from "./config.ts";
-import type { DeliveryEngine, PushMessage } from "./delivery.ts";
+import type { DeliveryEngine } from "./delivery/engine.ts";
 import { RelayError } from "./errors.ts";
 import type { Logger } from "./log.ts";
+import type { PushMessage } from "./model.ts";
 import type { Sealer } from "./seal.ts";
-import type { Store } from "./store.ts";
+import type { Store } from "./store/mod.ts";
 import { type Clock, formatRfc3339 } from "./time.ts";
 import type { TransportId } from "./transports/types.ts";
 
@@ -32,7 +33,7 @@ export interface GatewayOptions {
   engine: DeliveryEngine;
   now: Clock;
   logger: Logger;
-  /** How an app appears in logs: path-authenticated app ids are secrets (CONTRACT §4). */
+  /** How an app appears in logs: path-authenticated app ids are secrets (README "Configuration"). */
   appLabel?: (app: string) => string;
 }
 
@@ -44,14 +45,15 @@ export interface SubscribeRequest {
   expires: number;
 }
 
-/** Tolerated clock skew between application server and relay (digest §6 item 7). */
+/** Tolerated clock skew between application server and relay, on `expires`. */
 export const CLOCK_SKEW_MS = 300_000;
 
 /** Largest acknowledging payload: well under every push service's 4 KiB limit. */
 export const ACK_MAX_BYTES = 3072;
 
 /**
- * The acknowledging push payload (CONTRACT §1.2), cut to fit 3 KiB with `truncated: true`.
+ * The acknowledging push payload (CC/CD 70025 §5.3; README "The gateway protocol"), cut to fit
+ * 3 KiB with `truncated: true`.
  */
 export function ackPayload(topics: string[], expires: string): Record<string, unknown> {
   const size = (p: unknown) => new TextEncoder().encode(JSON.stringify(p)).length;
@@ -111,7 +113,7 @@ export class Gateway {
     const now = this.o.now();
     const ri = this.o.config.refreshInterval;
     // §6.2.1.6 MUST NOT accept an expiration beyond the refresh interval (no clamping: the
-    // response has no way to report a clamped expiry, digest §6 item 7).
+    // response has no way to report a clamped expiry).
     if (req.expires > now + ri * 1000 + CLOCK_SKEW_MS) {
       throw new RelayError(
         400,
@@ -134,7 +136,7 @@ export class Gateway {
     if (req.expires <= now) {
       // §5.2.2 MUST: a subscription whose expiry has passed removes the client from those
       // topics; it succeeds even for a revoked registration, since the client-data is authentic.
-      const removed = await this.o.store.removeSubscriptions(app, claims.clientId, req.topics);
+      const removed = await this.o.store.subscriptions.remove(app, claims.clientId, req.topics);
       this.o.logger.log("info", "unsubscribe", {
         app: this.label(app),
         client: claims.clientId,
@@ -142,7 +144,7 @@ export class Gateway {
       });
       return pushUrl;
     }
-    const reg = await this.o.store.getRegistration(claims.clientId);
+    const reg = await this.o.store.registrations.get(claims.clientId);
     if (!reg) {
       throw new RelayError(
         403,
@@ -151,7 +153,7 @@ export class Gateway {
       );
     }
     const topics = [...new Set(req.topics)];
-    const created = await this.o.store.upsertSubscriptions(
+    const created = await this.o.store.subscriptions.upsert(
       app,
       claims.clientId,
       transport,
@@ -167,7 +169,7 @@ export class Gateway {
     });
     if (created.length > 0) {
       // §5.3 SHOULD acknowledge with an initial push; §8.2 lets it arrive before this answer.
-      await this.o.engine.enqueueDirect(
+      await this.o.engine.enqueue(
         claims.clientId,
         { kind: "json", data: ackPayload(created, formatRfc3339(req.expires)) },
         { reason: "ack", priority: 50 },
@@ -192,7 +194,7 @@ export class Gateway {
     for (let i = 0; i < topics.length; i += CONCURRENCY) {
       const chunk = topics.slice(i, i + CONCURRENCY);
       const found = await Promise.all(
-        chunk.map((t) => this.o.store.hasActiveSubscriber(app, t, now)),
+        chunk.map((t) => this.o.store.subscriptions.hasActiveSubscriber(app, t, now)),
       );
       chunk.forEach((t, j) => found[j] && active.add(t));
     }

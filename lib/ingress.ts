@@ -1,9 +1,10 @@
 /**
- * Web Push ingress (CONTRACT §2.1): the relay as an RFC 8030 push service towards WebDAV-Push
- * servers (Nextcloud dav_push, RustiCal, Xandikos), which deliver only over Web Push. A
- * registration made with `"ingress": true` gets a push resource `<RELAY_PUBLIC_URL>/push/<id>`;
- * what a server `POST`s there is forwarded, still encrypted, over the registration's own
- * transport (Web Push, FCM, APNs) through the normal delivery path.
+ * Web Push ingress (README "Using the relay with WebDAV-Push servers"): the relay as an
+ * RFC 8030 push service towards WebDAV-Push servers (Nextcloud dav_push, RustiCal, Xandikos),
+ * which deliver only over Web Push. A registration made with `"ingress": true` gets a push
+ * resource `<RELAY_PUBLIC_URL>/push/<id>`; what a server `POST`s there is forwarded, still
+ * encrypted, over the registration's own transport (Web Push, FCM, APNs) through the normal
+ * delivery path. routes/ingress.ts parses the request's headers; this module decides.
  *
  * - The id is 24 random bytes (192 bits, base64url): it reveals nothing about the device and
  *   cannot be guessed or enumerated. It is a capability, so it is never logged.
@@ -19,19 +20,24 @@
  */
 
 import { MAX_TTL } from "./config.ts";
-import { isP256Point } from "./crypto/ece.ts";
-import type { DeliveryEngine } from "./delivery.ts";
+import { verifyVapid } from "./crypto/vapid.ts";
+import { importVerifyKey } from "./crypto/vapid.ts";
+import type { DeliveryEngine } from "./delivery/engine.ts";
 import { decodeBase64Url, encodeBase64Url, randomToken, utf8 } from "./encoding.ts";
 import { RelayError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import type { QueuedDelivery, Registration, Store } from "./store.ts";
+import type { QueuedDelivery, Registration } from "./model.ts";
+import type { Store } from "./store/mod.ts";
 import type { Clock } from "./time.ts";
 import { APNS_MAX_PAYLOAD_BYTES, apnsPayload } from "./transports/apns.ts";
 import { fcmData } from "./transports/fcm.ts";
 import type { OutboundMessage, Urgency } from "./transports/types.ts";
 
-/** RFC 8030 §7.2 / CONTRACT §2.1: push services accept bodies of at least 4096 bytes; we take no more. */
+/** RFC 8030 §7.2: push services accept bodies of at least 4096 bytes; we take no more. */
 export const MAX_INGRESS_BODY_BYTES = 4096;
+
+/** TTLs above 28 days are lowered to 28 days (README, Web Push ingress). */
+export const MAX_INGRESS_TTL = MAX_TTL;
 
 /**
  * RFC 8188 §2.1 header: salt (16) + rs (4) + idlen (1) + keyid; RFC 8291 §4 puts the sender's
@@ -47,13 +53,10 @@ const AES128GCM_HEADER_BYTES = 16 + 4 + 1 + 65;
  */
 export const MIN_INGRESS_BODY_BYTES = AES128GCM_HEADER_BYTES + 1 + 16;
 
-/** CONTRACT §2.1: TTLs above 28 days are lowered to 28 days. */
-const MAX_INGRESS_TTL = MAX_TTL;
-
 /**
  * RFC 8030 §5.3 Urgency → CC/CD 70025 priority, chosen in the middle of each band of
- * `urgencyFor()` (CONTRACT §1.3), so the urgency survives the round trip to Web Push unchanged,
- * and only `high` becomes FCM `high` priority (75-100).
+ * `urgencyFor()`, so the urgency survives the round trip to Web Push unchanged, and only
+ * `high` becomes FCM `high` priority (75-100).
  */
 export const URGENCY_PRIORITY: Readonly<Record<Urgency, number>> = {
   "very-low": 10,
@@ -65,11 +68,6 @@ export const URGENCY_PRIORITY: Readonly<Record<Urgency, number>> = {
 /** Accepted messages per push resource per minute; above it `429` with `Retry-After`. */
 export const DEFAULT_INGRESS_RATE_PER_MINUTE = 120;
 
-/** RFC 8292 §2: a VAPID JWT's `exp` is at most 24 h after the request. */
-const VAPID_MAX_LIFETIME_MS = 24 * 3600_000;
-/** Clock skew tolerated on the 24 h bound only (an expired JWT is always refused). */
-const VAPID_SKEW_MS = 60_000;
-
 /**
  * FCM's data-message limit is 4096 bytes; Google counts keys and values plus a fixed envelope
  * (measured: a single-field message fits at most 4051 key+value bytes, each further field costs
@@ -79,90 +77,12 @@ const FCM_MAX_DATA_BYTES = 4096;
 const FCM_ENVELOPE_BYTES = 45;
 const FCM_FIELD_OVERHEAD_BYTES = 6;
 
-/** RFC 8030 §5.4: a Topic is 1 to 32 characters of the URL-safe base64 alphabet. */
-const TOPIC_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 /** Ingress ids are 32 base64url characters; other shapes are never looked up. */
 const ID_PATTERN = /^[A-Za-z0-9_-]{16,64}$/;
 /** Topic index entries outlive any message they can replace (TTLs are at most 28 days). */
 const TOPIC_INDEX_LIFETIME_MS = MAX_INGRESS_TTL * 1000;
 
-// --- header and body checks (pure) ---------------------------------------------------------
-
-/**
- * Parses the RFC 8030 §5.2 `TTL` header: required, delta-seconds; values over 28 days are
- * lowered to 28 days.
- *
- * @throws {RelayError} 400 when it is missing or not a non-negative integer
- */
-export function parseTtl(value: string | undefined): number {
-  if (value === undefined) {
-    throw new RelayError(400, "missing-ttl", "The TTL header is required (RFC 8030 §5.2)");
-  }
-  const trimmed = value.trim();
-  if (!/^\d{1,20}$/.test(trimmed)) {
-    throw new RelayError(
-      400,
-      "invalid-ttl",
-      `TTL must be a whole number of seconds, got "${trimmed.slice(0, 40)}"`,
-    );
-  }
-  return Math.min(MAX_INGRESS_TTL, Number(trimmed));
-}
-
-/**
- * Parses the RFC 8030 §5.3 `Urgency` header; absent means `normal`.
- *
- * @throws {RelayError} 400 for a value other than very-low, low, normal or high
- */
-export function parseUrgency(value: string | undefined): Urgency {
-  if (value === undefined) return "normal";
-  const u = value.trim().toLowerCase();
-  if (u === "very-low" || u === "low" || u === "normal" || u === "high") return u;
-  throw new RelayError(
-    400,
-    "invalid-urgency",
-    `Urgency must be very-low, low, normal or high, got "${value.trim().slice(0, 40)}"`,
-  );
-}
-
-/**
- * Parses the RFC 8030 §5.4 `Topic` header; absent means no replacement.
- *
- * @throws {RelayError} 400 unless it is 1 to 32 base64url characters
- */
-export function parseTopic(value: string | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  const topic = value.trim();
-  if (!TOPIC_PATTERN.test(topic)) {
-    throw new RelayError(
-      400,
-      "invalid-topic",
-      "Topic must be 1 to 32 characters of the URL-safe base64 alphabet (RFC 8030 §5.4)",
-    );
-  }
-  return topic;
-}
-
-/** True when `Content-Encoding` is exactly `aes128gcm` (RFC 8188 §2, RFC 8291 §4). */
-export function isAes128gcm(value: string | undefined): boolean {
-  return value !== undefined && value.trim().toLowerCase() === "aes128gcm";
-}
-
-/**
- * RFC 8291 §4 / CONTRACT §2.1: only aes128gcm bodies; the relay never sees plaintext.
- *
- * @throws {RelayError} 415 `unsupported-content-encoding` for any other Content-Encoding
- */
-export function checkContentEncoding(value: string | undefined): void {
-  if (isAes128gcm(value)) return;
-  throw new RelayError(
-    415,
-    "unsupported-content-encoding",
-    `Content-Encoding must be aes128gcm, got ${
-      value === undefined ? "none" : `"${value.trim().slice(0, 40)}"`
-    }`,
-  );
-}
+// --- body checks (pure) ---------------------------------------------------------------------
 
 /** @throws {RelayError} 400 `invalid-encryption` when `body` has no valid aes128gcm header */
 export function checkAes128gcm(body: Uint8Array): void {
@@ -203,7 +123,7 @@ export function forwardedSize(
     priority: 50,
   };
   if (transport === "apns") {
-    // CONTRACT §2.1: APNs payloads are at most 4 KiB once encoded.
+    // APNs payloads are at most 4 KiB once encoded.
     const size = utf8(JSON.stringify(apnsPayload(message))).length;
     return { size, limit: APNS_MAX_PAYLOAD_BYTES };
   }
@@ -216,130 +136,6 @@ export function forwardedSize(
   return null;
 }
 
-// --- VAPID (RFC 8292) ------------------------------------------------------------------------
-
-/** The `t` and `k` parameters of `Authorization: vapid t=..., k=...` (RFC 8292 §3). */
-export function parseVapidAuthorization(header: string): { t: string; k: string } | null {
-  const m = /^\s*vapid\s+(.+)$/is.exec(header);
-  if (!m) return null;
-  const params = new Map<string, string>();
-  for (const part of m[1]!.split(",")) {
-    const eq = part.indexOf("=");
-    if (eq < 0) return null;
-    const name = part.slice(0, eq).trim().toLowerCase();
-    let value = part.slice(eq + 1).trim();
-    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) {
-      value = value.slice(1, -1);
-    }
-    if (!name || !value || params.has(name)) return null;
-    params.set(name, value);
-  }
-  const t = params.get("t");
-  const k = params.get("k");
-  return t && k ? { t, k } : null;
-}
-
-type VapidCheck =
-  | { ok: true; publicKey: Uint8Array }
-  | { ok: false; reason: string };
-
-function decodeJson(part: string): Record<string, unknown> | null {
-  try {
-    const value = JSON.parse(
-      new TextDecoder("utf-8", { fatal: true }).decode(decodeBase64Url(part)),
-    );
-    return typeof value === "object" && value !== null && !Array.isArray(value) ? value : null;
-  } catch {
-    return null;
-  }
-}
-
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
-  return diff === 0;
-}
-
-/**
- * Verifies a VAPID `Authorization` header (RFC 8292): an ES256 JWT signed by the key in `k`,
- * whose `aud` is `audience` (our origin, RFC 8292 §2) and whose `exp` lies in the future but
- * no more than 24 hours ahead. Returns the signer's public key; whether it is the key the
- * subscription is restricted to is the caller's question (RFC 8292 §4.2).
- */
-async function verifyVapid(
-  header: string | undefined,
-  options: {
-    audience: string;
-    now: number;
-    importKey: (raw: Uint8Array) => Promise<CryptoKey | null>;
-  },
-): Promise<VapidCheck> {
-  if (header === undefined) return { ok: false, reason: "missing Authorization: vapid" };
-  const parsed = parseVapidAuthorization(header);
-  if (!parsed) return { ok: false, reason: "not a vapid t=..., k=... header" };
-  let publicKey: Uint8Array;
-  try {
-    publicKey = decodeBase64Url(parsed.k);
-  } catch {
-    return { ok: false, reason: "k is not base64url" };
-  }
-  if (!isP256Point(publicKey)) {
-    return { ok: false, reason: "k is not an uncompressed P-256 point" };
-  }
-  const parts = parsed.t.split(".");
-  if (parts.length !== 3) return { ok: false, reason: "t is not a compact JWS" };
-  const [h, p, s] = parts as [string, string, string];
-  const jwtHeader = decodeJson(h);
-  const claims = decodeJson(p);
-  if (!jwtHeader || !claims) return { ok: false, reason: "t is not a JWT" };
-  if (jwtHeader.alg !== "ES256") return { ok: false, reason: "the JWT alg is not ES256" };
-  let signature: Uint8Array;
-  try {
-    signature = decodeBase64Url(s);
-  } catch {
-    return { ok: false, reason: "the JWT signature is not base64url" };
-  }
-  if (signature.length !== 64) return { ok: false, reason: "the JWT signature is not 64 bytes" };
-  const key = await options.importKey(publicKey);
-  if (!key) return { ok: false, reason: "k cannot be imported" };
-  const valid = await crypto.subtle.verify(
-    { name: "ECDSA", hash: "SHA-256" },
-    key,
-    signature as BufferSource,
-    utf8(`${h}.${p}`) as BufferSource,
-  );
-  if (!valid) return { ok: false, reason: "the JWT signature does not verify with k" };
-  // RFC 8292 §2: aud is the origin of the push resource.
-  const aud = claims.aud;
-  if (aud !== options.audience && aud !== `${options.audience}/`) {
-    return { ok: false, reason: "the JWT aud is not this relay's origin" };
-  }
-  const exp = claims.exp;
-  if (typeof exp !== "number" || !Number.isFinite(exp)) {
-    return { ok: false, reason: "the JWT has no numeric exp" };
-  }
-  if (exp * 1000 <= options.now) return { ok: false, reason: "the JWT has expired" };
-  if (exp * 1000 > options.now + VAPID_MAX_LIFETIME_MS + VAPID_SKEW_MS) {
-    return { ok: false, reason: "the JWT exp is more than 24 hours ahead" };
-  }
-  return { ok: true, publicKey };
-}
-
-async function importVerifyKey(raw: Uint8Array): Promise<CryptoKey | null> {
-  try {
-    return await crypto.subtle.importKey(
-      "raw",
-      raw as BufferSource,
-      { name: "ECDSA", namedCurve: "P-256" },
-      false,
-      ["verify"],
-    );
-  } catch {
-    return null;
-  }
-}
-
 // --- replacement (RFC 8030 §5.4) -------------------------------------------------------------
 
 /**
@@ -350,7 +146,7 @@ async function importVerifyKey(raw: Uint8Array): Promise<CryptoKey | null> {
  */
 export async function ingressSuperseded(store: Store, d: QueuedDelivery): Promise<boolean> {
   if (d.reason !== "ingress" || d.collapseKey === undefined) return false;
-  const newest = await store.getIngressTopic(d.clientId, d.collapseKey);
+  const newest = await store.ingress.topicAcceptedAt(d.clientId, d.collapseKey);
   return newest !== null && newest > d.createdAt;
 }
 
@@ -376,7 +172,7 @@ export interface IngressMessage {
   topic?: string;
 }
 
-/** The push-resource side of the ingress; `routes/ingress.ts` calls it step by step. */
+/** The push-resource side of the ingress; routes/ingress.ts calls it step by step. */
 export class Ingress {
   /** The VAPID `aud` every restricted message must carry (RFC 8292 §2). */
   readonly audience: string;
@@ -397,9 +193,9 @@ export class Ingress {
   async resolve(id: string): Promise<Registration> {
     const notFound = () => new RelayError(404, "not-found", "No such push resource");
     if (!ID_PATTERN.test(id)) throw notFound();
-    const entry = await this.o.store.getIngress(id);
+    const entry = await this.o.store.ingress.get(id);
     if (!entry) throw notFound();
-    const reg = entry.gone ? null : await this.o.store.getRegistration(entry.clientId);
+    const reg = entry.gone ? null : await this.o.store.registrations.get(entry.clientId);
     // A device that registered again without "ingress" no longer has this push resource.
     if (!reg || reg.ingress?.id !== id) {
       throw new RelayError(410, "gone", "This push resource is gone; drop the subscription");
@@ -408,8 +204,8 @@ export class Ingress {
   }
 
   /**
-   * CONTRACT §2.1: a body that would exceed the transport's payload limit once wrapped (APNs
-   * 4 KiB; FCM's 4096-byte data limit likewise) is refused now rather than lost later.
+   * A body that would exceed the transport's payload limit once wrapped (APNs 4 KiB; FCM's
+   * 4096-byte data limit likewise) is refused now rather than lost later.
    *
    * @throws {RelayError} 413
    */
@@ -425,20 +221,26 @@ export class Ingress {
   }
 
   /**
-   * RFC 8292 for a restricted push resource. Unrestricted resources ignore `Authorization`.
+   * RFC 8292 for a restricted push resource; unrestricted resources ignore `Authorization`.
+   * `vapid` is the header's `t` and `k`, or a string saying why the header is not one.
    *
    * @returns `"ok"`, or `"other-key"` for a valid JWT of a key other than the registered one
-   * (the caller answers 403 after the 400 checks, CONTRACT §3 order)
+   * (the caller answers 403 after the 400 checks)
    * @throws {RelayError} 401 when the header is missing or invalid
    */
-  async checkVapid(reg: Registration, header: string | undefined): Promise<"ok" | "other-key"> {
+  async checkVapid(
+    reg: Registration,
+    vapid: { t: string; k: string } | string,
+  ): Promise<"ok" | "other-key"> {
     const registered = reg.ingress?.vapidPublicKey;
     if (registered === undefined) return "ok";
-    const check = await verifyVapid(header, {
-      audience: this.audience,
-      now: this.o.now(),
-      importKey: (raw) => this.importKey(raw),
-    });
+    const check = typeof vapid === "string"
+      ? { ok: false as const, reason: vapid }
+      : await verifyVapid(vapid, {
+        audience: this.audience,
+        now: this.o.now(),
+        importKey: (raw) => this.importKey(raw),
+      });
     if (!check.ok) {
       this.o.logger.log("info", "ingress.vapid_refused", {
         client: reg.clientId,
@@ -455,6 +257,7 @@ export class Ingress {
     return bytesEqual(check.publicKey, decodeBase64Url(registered)) ? "ok" : "other-key";
   }
 
+  /** Verification keys by `k`, so a server's key is imported once (at most 256 kept). */
   private importKey(raw: Uint8Array): Promise<CryptoKey | null> {
     const id = encodeBase64Url(raw);
     let key = this.keys.get(id);
@@ -466,35 +269,18 @@ export class Ingress {
     return key;
   }
 
-  /**
-   * At most `ratePerMinute` accepted messages per push resource in each clock minute.
-   *
-   * @throws {RelayError} 429 with `Retry-After` (seconds to the next minute)
-   */
-  async rateLimit(reg: Registration): Promise<void> {
-    if (this.ratePerMinute <= 0) return;
-    const now = this.o.now();
-    const window = Math.floor(now / 60_000);
-    const count = await this.o.store.hit(`ingress:${reg.clientId}`, window);
-    if (count > this.ratePerMinute) {
-      const retryAfter = Math.max(1, Math.ceil(((window + 1) * 60_000 - now) / 1000));
-      throw new RelayError(
-        429,
-        "rate-limited",
-        `More than ${this.ratePerMinute} messages a minute for this push resource`,
-        {},
-        { "Retry-After": String(retryAfter) },
-      );
-    }
+  /** Counts one accepted message for the push resource in its rate-limit window. */
+  hit(subject: string, window: number): Promise<number> {
+    return this.o.store.limits.hit(subject, window);
   }
 
   /**
    * Records the message durably as one queued delivery and starts sending it at once
-   * (CONTRACT §2.1: `201` once recorded). Returns the message's `Location` and the TTL used.
+   * (`201` once recorded). Returns the message's `Location` and the TTL used.
    */
   async accept(reg: Registration, m: IngressMessage): Promise<{ location: string; ttl: number }> {
     const acceptedAt = this.o.now();
-    await this.o.engine.enqueueDirect(reg.clientId, { kind: "encrypted", body: m.body }, {
+    await this.o.engine.enqueue(reg.clientId, { kind: "encrypted", body: m.body }, {
       reason: "ingress",
       priority: URGENCY_PRIORITY[m.urgency],
       ttl: m.ttl,
@@ -502,7 +288,7 @@ export class Ingress {
     });
     if (m.topic !== undefined) {
       // After the enqueue, so a failed enqueue never makes an older message look replaced.
-      await this.o.store.markIngressTopic(
+      await this.o.store.ingress.markTopic(
         reg.clientId,
         m.topic,
         acceptedAt,
@@ -522,4 +308,11 @@ export class Ingress {
       ttl: m.ttl,
     };
   }
+}
+
+function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
+  return diff === 0;
 }

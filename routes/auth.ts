@@ -1,7 +1,7 @@
 /**
- * Application-server authentication (CONTRACT §1): a bearer token, or, for apps configured
- * without one, the app id in the path as the secret (how OX App Suite calls a gateway:
- * `<gatewayUrl><applicationId>`).
+ * Bearer credentials (RFC 6750 §2.1) and application-server authentication (README "The
+ * gateway protocol"): a bearer token, or, for apps configured without one, the app id in the
+ * path as the secret (how OX App Suite calls a gateway: `<gatewayUrl><applicationId>`).
  *
  * @module
  */
@@ -11,10 +11,21 @@ import type { AppConfig } from "../lib/config.ts";
 import { timingSafeEqual } from "../lib/encoding.ts";
 import { RelayError } from "../lib/errors.ts";
 
-function unauthorized(message: string): RelayError {
+/** A `401` with `WWW-Authenticate: Bearer` (RFC 6750 §3). */
+export function unauthorized(message: string): RelayError {
   return new RelayError(401, "unauthorized", message, {}, {
     "WWW-Authenticate": 'Bearer realm="dav-push-relay"',
   });
+}
+
+/**
+ * The token of an `Authorization: Bearer <token>` header (RFC 6750 §2.1), or null when the
+ * header is absent or not of that form.
+ */
+export function parseBearer(header: string | undefined): string | null {
+  if (header === undefined) return null;
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return m ? m[1]! : null;
 }
 
 /** Returns the calling app, or throws 401 with `WWW-Authenticate: Bearer`. */
@@ -25,9 +36,8 @@ export function authenticateApp(
 ): AppConfig {
   const header = c.req.header("authorization");
   if (header !== undefined) {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    if (!m) throw unauthorized("Authorization must be a Bearer token");
-    const token = m[1]!;
+    const token = parseBearer(header);
+    if (token === null) throw unauthorized("Authorization must be a Bearer token");
     // Compare against every token so timing does not tell which prefix matched.
     let found: AppConfig | undefined;
     for (const app of apps) {

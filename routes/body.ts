@@ -1,6 +1,6 @@
 /**
- * Reading untrusted JSON bodies in the order CONTRACT §3 fixes: `415` not JSON, `413` over
- * 1 MiB, `400` unparsable.
+ * Reading untrusted JSON bodies in the README's error order ("Errors and operations"): `415`
+ * not JSON, `413` over 1 MiB, `400` unparsable.
  *
  * @module
  */
@@ -27,8 +27,8 @@ export async function readBodyLimited(req: Request, limit: number): Promise<Uint
   }
   if (!req.body) return new Uint8Array(0);
   // A declared length within the limit: one read of the whole body, without a stream reader
-  // (issue 5: the reader's promises and chunks were a tenth of a push's allocations). Deno
-  // checks that the body matches its Content-Length.
+  // (the reader's promises and chunks were a tenth of a push's allocations). Deno checks that
+  // the body matches its Content-Length.
   if (declared !== null && /^\d+$/.test(declared)) {
     return new Uint8Array(await req.arrayBuffer());
   }

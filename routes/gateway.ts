@@ -1,6 +1,6 @@
 /**
- * `POST /gateway` and `POST /gateway/{app}` (CONTRACT §1): one handler dispatching on the
- * body's single top-level member (digest §6 item 1), and `GET /transports`.
+ * `POST /gateway` and `POST /gateway/{app}` (README "The gateway protocol"): one handler
+ * dispatching on the body's single top-level member, and `GET /transports`.
  *
  * @module
  */
@@ -10,7 +10,7 @@ import type { AppDeps } from "./mod.ts";
 import { authenticateApp } from "./auth.ts";
 import { isPlainObject, readJson } from "./body.ts";
 import { RelayError } from "../lib/errors.ts";
-import { parsePush, parseSubscribe } from "./validate.ts";
+import { parsePushMessages, parsePushSubscribe } from "./validate.ts";
 
 export function gatewayRoutes(deps: AppDeps): Hono {
   const app = new Hono();
@@ -36,12 +36,12 @@ export function gatewayRoutes(deps: AppDeps): Hono {
         return c.json(deps.gateway.bootstrap());
       case "push-subscribe": {
         const caller = authenticateApp(c, deps.apps, pathApp);
-        const req = parseSubscribe(value);
+        const req = parsePushSubscribe(value);
         return c.json(await deps.gateway.subscribe(caller.id, req));
       }
       case "push": {
         const caller = authenticateApp(c, deps.apps, pathApp);
-        const messages = parsePush(value, deps.now());
+        const messages = parsePushMessages(value, deps.now());
         return c.json(await deps.gateway.push(caller.id, messages));
       }
       default:

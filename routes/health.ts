@@ -1,5 +1,5 @@
 /**
- * `GET /healthz` (CONTRACT §3) and `GET /metrics` (Prometheus text format).
+ * `GET /healthz` (README "Errors and operations") and `GET /metrics` (Prometheus text format).
  *
  * @module
  */
@@ -9,15 +9,15 @@ import type { AppDeps } from "./mod.ts";
 
 export function healthRoutes(deps: AppDeps): Hono {
   const app = new Hono();
-  app.get("/healthz", async (c) => {
-    await deps.store.ping(); // throws StorageError → 503 via onError
+  app.get("/healthz", async function healthz(c) {
+    await deps.status.ping(); // throws StorageError → 503 via onError
     return c.json({ status: "ok" });
   });
-  app.get("/metrics", async (c) => {
-    // One KV read per scrape (a counter kept with the records, lib/store.ts), never a scan.
-    // When storage does not answer, the other metrics are still served, with the last count.
+  app.get("/metrics", async function metrics(c) {
+    // One KV read per scrape (a counter kept with the records), never a scan. When storage
+    // does not answer, the other metrics are still served, with the last count.
     try {
-      deps.metrics.subscriptionsActive.set(await deps.store.countSubscriptions());
+      deps.metrics.subscriptionsActive.set(await deps.status.subscriptionCount());
     } catch { /* storage trouble shows in /healthz and the request log */ }
     return c.body(deps.metrics.render(), 200, {
       "Content-Type": "text/plain; version=0.0.4; charset=utf-8",

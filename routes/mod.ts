@@ -1,7 +1,7 @@
 /**
  * `createApp(deps)`: the Hono app. Middleware (request log, security headers), the route
  * mounts, and one error handler that turns `RelayError`, `StorageError` and everything else
- * into CONTRACT §3 error bodies.
+ * into the error bodies of the README ("Errors and operations").
  *
  * @module
  */
@@ -11,29 +11,34 @@ import { HTTPException } from "hono/http-exception";
 import type { AppConfig, Config } from "../lib/config.ts";
 import { RelayError, StorageError } from "../lib/errors.ts";
 import type { Gateway, TransportInfo } from "../lib/gateway.ts";
+import type { Ingress } from "../lib/ingress.ts";
 import type { Logger } from "../lib/log.ts";
 import type { Metrics } from "../lib/metrics.ts";
 import type { Registrations } from "../lib/registrations.ts";
-import type { Store } from "../lib/store.ts";
-import type { Resolver } from "../lib/targets.ts";
 import type { Clock } from "../lib/time.ts";
 import { gatewayRoutes } from "./gateway.ts";
 import { healthRoutes } from "./health.ts";
+import { ingressRoutes } from "./ingress.ts";
 import { registrationRoutes } from "./registrations.ts";
 
+/** What the routes call: the domain services, and the few storage reads they need. */
 export interface AppDeps {
-  config: Pick<Config, "registrationRateLimit" | "allowPrivateEndpoints" | "publicUrl">;
+  config: Pick<Config, "registrationRateLimit">;
   apps: AppConfig[];
   transports: TransportInfo[];
   gateway: Gateway;
   registrations: Registrations;
-  store: Store;
+  ingress: Ingress;
+  /** Counts one hit of a rate-limited subject in a window; returns the window's count. */
+  hit: (subject: string, window: number) => Promise<number>;
+  status: {
+    /** Throws `StorageError` when storage does not answer. */
+    ping: () => Promise<void>;
+    subscriptionCount: () => Promise<number>;
+  };
   logger: Logger;
   metrics: Metrics;
   now: Clock;
-  resolve: Resolver;
-  /** Extra routes mounted before the 404 handler (e.g. the Web Push ingress). */
-  extraRoutes?: Hono[];
 }
 
 /** Paths as logged: capability segments (path-secret app ids, ingress ids) are masked. */
@@ -74,7 +79,7 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/", healthRoutes(deps));
   app.route("/", gatewayRoutes(deps));
   app.route("/", registrationRoutes(deps));
-  for (const extra of deps.extraRoutes ?? []) app.route("/", extra);
+  app.route("/", ingressRoutes(deps.ingress, deps.now));
 
   app.notFound((c) => c.json(errorBody("not-found", "No such resource"), 404));
 
@@ -97,7 +102,7 @@ export function createApp(deps: AppDeps): Hono {
     if (err instanceof HTTPException) {
       return err.getResponse();
     }
-    // Never a stack trace or internal detail in the body (CONTRACT §3).
+    // Never a stack trace or internal detail in the body.
     deps.logger.log("error", "internal.error", {
       name: (err as Error).name,
       error: String((err as Error).message).slice(0, 300),

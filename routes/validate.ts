@@ -1,11 +1,12 @@
 /**
- * Validation at the edge: untrusted JSON into typed values, or a `RelayError` with the code
- * CONTRACT §1 names. `lib/` only ever sees what passes here.
+ * Validation at the edge: the gateway protocol's untrusted JSON into typed values, or a
+ * `RelayError` with the code the README names ("The gateway protocol"). `lib/` only ever sees
+ * what passes here.
  *
  * @module
  */
 
-import type { PushMessage } from "../lib/delivery.ts";
+import type { PushMessage } from "../lib/model.ts";
 import { RelayError } from "../lib/errors.ts";
 import { formatRfc3339, parseRfc3339 } from "../lib/time.ts";
 import { isPlainObject } from "./body.ts";
@@ -19,7 +20,7 @@ export const MAX_CLIENT_ID_CHARS = 256;
 // deno-lint-ignore no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f-\u009f]/;
 
-/** CONTRACT §1.2: 1 to 256 characters, no control characters (and well-formed Unicode). */
+/** A topic is 1 to 256 characters, no control characters (and well-formed Unicode). */
 export function isValidTopic(topic: string): boolean {
   if (topic.length === 0 || CONTROL.test(topic) || !topic.isWellFormed()) return false;
   let chars = 0;
@@ -31,7 +32,7 @@ function invalidRequest(message: string): RelayError {
   return new RelayError(400, "invalid-request", message);
 }
 
-function invalidTopics(topics: string[]): RelayError {
+function invalidTopicsError(topics: string[]): RelayError {
   return new RelayError(400, "invalid-topics", `${topics.length} topic(s) are invalid`, {
     "invalid-topics": [...new Set(topics)],
   });
@@ -55,8 +56,8 @@ export interface ParsedSubscribe {
   expires: number;
 }
 
-/** Parses the value of `push-subscribe` (CC/CD 70025 §6.1.2; digest §6 item 2). */
-export function parseSubscribe(value: unknown): ParsedSubscribe {
+/** Parses the value of `push-subscribe` (CC/CD 70025 §6.1.2). */
+export function parsePushSubscribe(value: unknown): ParsedSubscribe {
   if (!isPlainObject(value)) throw invalidRequest("push-subscribe must be an object");
   const topics = value.topics;
   if (!Array.isArray(topics) || !topics.every((t) => typeof t === "string")) {
@@ -65,7 +66,7 @@ export function parseSubscribe(value: unknown): ParsedSubscribe {
   if (topics.length < 1 || topics.length > MAX_TOPICS) {
     throw invalidRequest(`topics must hold 1 to ${MAX_TOPICS} entries, got ${topics.length}`);
   }
-  // Digest §6 item 2: the draft's example says "transport", its grammar "selected-transport".
+  // CC/CD 70025's example says "transport", its grammar "selected-transport": both are read.
   const selected = value["selected-transport"] ?? value.transport;
   if (!isPlainObject(selected)) throw invalidRequest("selected-transport must be an object");
   const transportUri = selected["transport-uri"];
@@ -78,16 +79,16 @@ export function parseSubscribe(value: unknown): ParsedSubscribe {
   }
   const expires = timestamp(value.expires, "expires");
   const bad = (topics as string[]).filter((t) => !isValidTopic(t));
-  if (bad.length > 0) throw invalidTopics(bad);
+  if (bad.length > 0) throw invalidTopicsError(bad);
   return { topics: topics as string[], transportUri, clientData, expires };
 }
 
 /**
- * Parses the value of `push`: `{"messages": [...]}` (the draft's example, OX) or a bare array
- * (its grammar), digest §6 item 3. A missing priority is 50 (§6.1.3 SHOULD); a missing
- * timestamp is the time of receipt.
+ * Parses the value of `push`: `{"messages": [...]}` (CC/CD 70025's example, OX) or a bare array
+ * (its grammar). A missing priority is 50 (§6.1.3 SHOULD); a missing timestamp is the time of
+ * receipt.
  */
-export function parsePush(value: unknown, now: number): PushMessage[] {
+export function parsePushMessages(value: unknown, now: number): PushMessage[] {
   const list = Array.isArray(value) ? value : isPlainObject(value) ? value.messages : undefined;
   if (!Array.isArray(list)) {
     throw invalidRequest('push must be an array of messages or {"messages": [...]}');
@@ -129,6 +130,6 @@ export function parsePush(value: unknown, now: number): PushMessage[] {
       ...(clientId !== undefined ? { clientId } : {}),
     });
   });
-  if (bad.length > 0) throw invalidTopics(bad);
+  if (bad.length > 0) throw invalidTopicsError(bad);
   return messages;
 }

@@ -5,7 +5,7 @@
 
 import { loadConfig } from "../lib/config.ts";
 import { memoryLogger } from "../lib/log.ts";
-import { createRelay, type Relay, type RelayOptions } from "../lib/relay.ts";
+import { createRelay, type Relay, type RelayOptions } from "../relay.ts";
 import type {
   DeliveryOutcome,
   OutboundMessage,

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { APP_TOKEN, harness, PUBLIC_URL, settle, T0 } from "./_harness.ts";
+import { listClientSubscriptions } from "./_inspect.ts";
 
 const WP = `${PUBLIC_URL}/transports/web-push`;
 const auth = { authorization: `Bearer ${APP_TOKEN}` };
@@ -266,7 +267,7 @@ Deno.test("Request logs carry method, path, status and time, and never a token, 
     const deliveries = h.logger.lines.filter((l) => l.event === "delivery");
     assert.ok(deliveries.length >= 2);
     const text = JSON.stringify(h.logger.lines);
-    const reg = await h.relay.store.getRegistration(dev["client-id"]);
+    const reg = await h.relay.store.registrations.get(dev["client-id"]);
     for (
       const secret of [
         APP_TOKEN,
@@ -293,7 +294,7 @@ Deno.test("The largest valid requests fit KV's atomic limits: 1000 topics of 256
     assert.equal([...topics[0]!].length, 256);
     const sub = await h.subscribe(dev["client-data"], topics);
     assert.equal(sub.status, 200);
-    assert.equal((await h.relay.store.listClientSubscriptions(dev["client-id"])).length, 1000);
+    assert.equal((await listClientSubscriptions(h.relay.store, dev["client-id"])).length, 1000);
     await settle(h);
     h.webPush.sent = [];
     // As many as fit in the 1 MiB body: about 1 MiB of messages, more than one KV atomic holds.
@@ -307,7 +308,7 @@ Deno.test("The largest valid requests fit KV's atomic limits: 1000 topics of 256
       expires: "2000-01-01T00:00:00Z",
     });
     assert.equal(unsub.status, 200);
-    assert.deepEqual(await h.relay.store.listClientSubscriptions(dev["client-id"]), []);
+    assert.deepEqual(await listClientSubscriptions(h.relay.store, dev["client-id"]), []);
   } finally {
     await h.close();
   }

@@ -9,6 +9,7 @@
 import assert from "node:assert/strict";
 import { type Harness, harness, settle } from "./_harness.ts";
 import { peerRelay } from "./fixtures/peer_relay.ts";
+import { pendingWork } from "./_inspect.ts";
 
 const WINDOW = { RELAY_COALESCE_MS: "2000" };
 
@@ -79,7 +80,7 @@ Deno.test("Coalescing: the first update goes out at once; later ones in the wind
     // The window is over: the next update goes out at once and opens a new one.
     await push(h, { topic: "t", priority: 50, timestamp: "2026-11-24T09:15:09Z" }, t0 + 2500);
     assert.equal((await received(h))[a["client-id"]]!.length, 3);
-    assert.deepEqual(await h.relay.store.pendingWork(), { outbox: 0, queued: 0 });
+    assert.deepEqual(await pendingWork(h.relay.store), { outbox: 0, queued: 0 });
   } finally {
     await h.close();
   }
@@ -247,7 +248,7 @@ Deno.test("Coalescing: windows live in KV: after a restart, and across two proce
     ]]);
     await other.relay.engine.tick();
     assert.equal(other.webPush.sent.length, 1);
-    assert.deepEqual(await h.relay.store.pendingWork(), { outbox: 0, queued: 0 });
+    assert.deepEqual(await pendingWork(h.relay.store), { outbox: 0, queued: 0 });
   } finally {
     await other.relay.engine.shutdown(1000);
     await h.close();
@@ -284,7 +285,7 @@ for (const coalesce of ["0", "2000"]) {
       // Without coalescing every message goes out; with it, each topic's first at once and its
       // second in a trailing update.
       assert.equal(updates, 400);
-      assert.deepEqual(await h.relay.store.pendingWork(), { outbox: 0, queued: 0 });
+      assert.deepEqual(await pendingWork(h.relay.store), { outbox: 0, queued: 0 });
     } finally {
       await h.close();
     }

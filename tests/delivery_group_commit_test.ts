@@ -1,11 +1,12 @@
 /**
- * Issue 5: concurrent pushes are recorded in shared KV commits (group commit) and share the
+ * Concurrent pushes are recorded in shared KV commits (group commit) and share the
  * subscriber look-up of their topic, without changing what each request answers or what is
  * delivered (CC/CD 70025 §5.4: unlisted topics count as delivered; §8.3 coalescing).
  */
 
 import assert from "node:assert/strict";
 import { harness, settle } from "./_harness.ts";
+import { pendingWork } from "./_inspect.ts";
 
 for (const coalesce of ["0", "2000"]) {
   Deno.test(`Group commit (RELAY_COALESCE_MS=${coalesce}): 40 concurrent pushes each get their own answer and every message is delivered`, async () => {
@@ -16,9 +17,9 @@ for (const coalesce of ["0", "2000"]) {
       await settle(h);
       h.webPush.sent = [];
       let commits = 0;
-      const store = h.relay.store;
-      const record = store.recordOutbox.bind(store);
-      store.recordOutbox = (write) => {
+      const outbox = h.relay.store.outbox;
+      const record = outbox.record.bind(outbox);
+      outbox.record = (write) => {
         commits++;
         return record(write);
       };
@@ -52,7 +53,7 @@ for (const coalesce of ["0", "2000"]) {
         assert.equal(sent[1]!.priority, 39);
       }
       assert.equal(h.relay.metrics.pushesReceived.get(), 40);
-      assert.deepEqual(await h.relay.store.pendingWork(), { outbox: 0, queued: 0 });
+      assert.deepEqual(await pendingWork(h.relay.store), { outbox: 0, queued: 0 });
     } finally {
       await h.close();
     }
@@ -63,19 +64,19 @@ Deno.test("Shared subscriber look-ups: concurrent checks of one topic agree with
   const h = await harness();
   try {
     const store = h.relay.store;
-    await store.upsertSubscriptions("app1", "c1", "web-push", ["t"], 1000, 0);
+    await store.subscriptions.upsert("app1", "c1", "web-push", ["t"], 1000, 0);
     const checks = await Promise.all([
-      store.hasActiveSubscriber("app1", "t", 500),
-      store.hasActiveSubscriber("app1", "t", 999),
-      store.hasActiveSubscriber("app1", "t", 1000),
-      store.hasActiveSubscriber("app1", "t", 5000),
-      store.hasActiveSubscriber("app1", "other", 0),
+      store.subscriptions.hasActiveSubscriber("app1", "t", 500),
+      store.subscriptions.hasActiveSubscriber("app1", "t", 999),
+      store.subscriptions.hasActiveSubscriber("app1", "t", 1000),
+      store.subscriptions.hasActiveSubscriber("app1", "t", 5000),
+      store.subscriptions.hasActiveSubscriber("app1", "other", 0),
     ]);
     assert.deepEqual(checks, [true, true, false, false, false]);
     // A subscription made after a check was called is seen by the next check.
-    const late = store.hasActiveSubscriber("app1", "u", 0);
-    await store.upsertSubscriptions("app1", "c1", "web-push", ["u"], 1000, 0);
-    assert.equal(await store.hasActiveSubscriber("app1", "u", 0), true);
+    const late = store.subscriptions.hasActiveSubscriber("app1", "u", 0);
+    await store.subscriptions.upsert("app1", "c1", "web-push", ["u"], 1000, 0);
+    assert.equal(await store.subscriptions.hasActiveSubscriber("app1", "u", 0), true);
     assert.equal(typeof (await late), "boolean");
   } finally {
     await h.close();

@@ -9,8 +9,9 @@
 import assert from "node:assert/strict";
 import { type Harness, harness, settle, T0 } from "./_harness.ts";
 import { peerRelay } from "./fixtures/peer_relay.ts";
-import type { OutboxMessage } from "../lib/store.ts";
+import type { OutboxMessage } from "../lib/model.ts";
 import type { Sent } from "./_harness.ts";
+import { pendingWork } from "./_inspect.ts";
 
 const LEASE = 10_000;
 
@@ -63,11 +64,11 @@ Deno.test("Outbox: a push is answered 200 once one outbox record holds it (the m
     // The outbox record and this process's heartbeat: nothing per subscriber.
     const added = (await h.dump()).length - before;
     assert.ok(added <= 2, `${added} keys written`);
-    assert.equal(await h.relay.store.countDeliveries(), 0);
+    assert.equal(await h.relay.store.queue.count(), 0);
     g.open();
     await settle(h);
     assert.equal(h.webPush.sent.length, 30);
-    assert.deepEqual(await h.relay.store.pendingWork(), { outbox: 0, queued: 0 });
+    assert.deepEqual(await pendingWork(h.relay.store), { outbox: 0, queued: 0 });
   } finally {
     await h.close();
   }
@@ -127,7 +128,7 @@ Deno.test("Leases: a live holder is never taken over; a dead one (no heartbeat f
     await h.relay.engine.idle();
     assert.ok(h.logger.lines.some((l) => l.event === "fanout.lease_lost"));
     assert.equal(h.webPush.sent.length, 110);
-    assert.deepEqual(await h.relay.store.pendingWork(), { outbox: 0, queued: 0 });
+    assert.deepEqual(await pendingWork(h.relay.store), { outbox: 0, queued: 0 });
   } finally {
     await b.relay.engine.shutdown(1000);
     await h.close();
@@ -149,18 +150,21 @@ Deno.test("Leases: a takeover fails if the holder's heartbeat was renewed after 
       cursor: null,
       lease: { owner: "other", until: T0 + 600_000 },
     };
-    await store.recordOutbox({
+    await store.outbox.record({
       outbox: [{ value }],
       beat: { owner: "other", value: { until: T0 } },
     });
-    const [entry] = await store.listOutbox(10);
-    const holder = (await store.getWorkers(["other"])).get("other")!;
+    const [entry] = await store.outbox.list(10);
+    const holder = (await store.workers.getMany(["other"])).get("other")!;
     assert.equal(holder.value!.until, T0); // expired: looks dead
-    await store.beat("other", { until: T0 + LEASE }); // ... but it comes back
-    assert.equal(await store.claimOutbox(entry!, { owner: "me", until: T0 + 1000 }, holder), null);
+    await store.workers.beat("other", { until: T0 + LEASE }); // ... but it comes back
+    assert.equal(
+      await store.workers.claim(entry!, { owner: "me", until: T0 + 1000 }, holder),
+      null,
+    );
     // Read again, it is alive: the engine leaves it alone.
     await h.relay.engine.tick();
-    assert.equal((await store.getOutbox("m1"))!.value.lease.owner, "other");
+    assert.equal((await store.outbox.get("m1"))!.value.lease.owner, "other");
   } finally {
     await h.close();
   }
@@ -186,7 +190,8 @@ Deno.test("Shutdown: a stopping process finishes its in-flight sends, commits th
     assert.equal(released!.lease.owner, "");
     // Its heartbeat is gone too, and B does not wait for any lease to run out.
     assert.equal(
-      (await h.relay.store.getWorkers([h.relay.engine.owner])).get(h.relay.engine.owner)!.value,
+      (await h.relay.store.workers.getMany([h.relay.engine.owner])).get(h.relay.engine.owner)!
+        .value,
       null,
     );
     await b.relay.engine.tick();
@@ -211,7 +216,7 @@ Deno.test("Queue: a due retry is claimed and sent by exactly one of two processe
     h.webPush.respond = () => ({ kind: "retry", status: 503, reason: "503" });
     await h.push([{ topic: "t" }]);
     await settle(h);
-    assert.equal(await h.relay.store.countDeliveries(), 20);
+    assert.equal(await h.relay.store.queue.count(), 20);
     h.webPush.sent = [];
     h.webPush.respond = () => ({ kind: "delivered", status: 201 });
     h.clock.now = T0 + 1000;
@@ -219,7 +224,7 @@ Deno.test("Queue: a due retry is claimed and sent by exactly one of two processe
     const all = [...endpoints(h.webPush.sent), ...endpoints(b.webPush.sent)];
     assert.equal(all.length, 20);
     assert.equal(new Set(all).size, 20);
-    assert.equal(await h.relay.store.countDeliveries(), 0);
+    assert.equal(await h.relay.store.queue.count(), 0);
   } finally {
     await b.relay.engine.shutdown(1000);
     await h.close();

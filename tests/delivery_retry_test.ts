@@ -9,6 +9,8 @@
 import assert from "node:assert/strict";
 import { type Harness, harness, settle, T0, testSubscriptionKeys } from "./_harness.ts";
 import type { DeliveryOutcome } from "../lib/transports/types.ts";
+import { backoffMs } from "../lib/delivery/retry.ts";
+import { listClientSubscriptions, listDeadLetters, listDeliveries } from "./_inspect.ts";
 
 const RETRY = { baseMs: 1000, maxMs: 60_000, maxAttempts: 4 };
 
@@ -22,7 +24,7 @@ async function subscribed(h: Harness, topic = "t") {
 
 /** Moves the clock to the next queued delivery and runs a tick; returns false when none. */
 async function runNextRetry(h: Harness): Promise<boolean> {
-  const queued = await h.relay.store.listDeliveries();
+  const queued = await listDeliveries(h.relay.store);
   if (queued.length === 0) return false;
   h.clock.now = Math.max(h.clock.now, Math.min(...queued.map((d) => d.dueAt)));
   await h.relay.engine.tick();
@@ -48,7 +50,7 @@ Deno.test("Retries: a 503 is retried with exponential backoff and equal jitter u
     await settle(h);
     assert.equal(h.webPush.sent.length, 1);
     // Attempt 1 failed: backoff 1000 ms halved plus half of it times the jitter (0.5) = 750 ms.
-    let [retry] = await h.relay.store.listDeliveries();
+    let [retry] = await listDeliveries(h.relay.store);
     assert.equal(retry!.dueAt, T0 + 750);
     assert.equal(retry!.attempts, 1);
     assert.equal(retry!.lastError, "push service answered 503");
@@ -60,14 +62,14 @@ Deno.test("Retries: a 503 is retried with exponential backoff and equal jitter u
     await h.relay.engine.tick();
     assert.equal(h.webPush.sent.length, 2);
     // Attempt 2 failed: 2000 ms halved plus 0.5 of the other half = 1500 ms.
-    [retry] = await h.relay.store.listDeliveries();
+    [retry] = await listDeliveries(h.relay.store);
     assert.equal(retry!.dueAt, T0 + 750 + 1500);
     assert.equal(retry!.attempts, 2);
 
     assert.equal(await runNextRetry(h), true);
     assert.equal(h.webPush.sent.length, 3);
-    assert.deepEqual(await h.relay.store.listDeliveries(), []);
-    assert.deepEqual(await h.relay.store.listDeadLetters(), []);
+    assert.deepEqual(await listDeliveries(h.relay.store), []);
+    assert.deepEqual(await listDeadLetters(h.relay.store), []);
     // The retried message is the same update, with its urgency.
     for (const s of h.webPush.sent) {
       assert.deepEqual(s.message.payload, {
@@ -82,18 +84,13 @@ Deno.test("Retries: a 503 is retried with exponential backoff and equal jitter u
   }
 });
 
-Deno.test("Retries: backoff doubles per attempt up to the ceiling, jittered within [half, full]", async () => {
-  const low = await harness({}, { delivery: { retry: RETRY, random: () => 0 } });
-  const high = await harness({}, { delivery: { retry: RETRY, random: () => 0.999999 } });
-  try {
-    const lows = [1, 2, 3, 4, 5, 6, 7, 8].map((a) => low.relay.engine.backoffMs(a));
-    const highs = [1, 2, 3, 4, 5, 6, 7, 8].map((a) => Math.round(high.relay.engine.backoffMs(a)));
-    assert.deepEqual(lows, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
-    assert.deepEqual(highs, [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
-  } finally {
-    await low.close();
-    await high.close();
-  }
+Deno.test("Retries: backoff doubles per attempt up to the ceiling, jittered within [half, full]", () => {
+  const lows = [1, 2, 3, 4, 5, 6, 7, 8].map((a) => backoffMs(a, RETRY, () => 0));
+  const highs = [1, 2, 3, 4, 5, 6, 7, 8].map((a) =>
+    Math.round(backoffMs(a, RETRY, () => 0.999999))
+  );
+  assert.deepEqual(lows, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+  assert.deepEqual(highs, [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
 });
 
 Deno.test("Retries: Retry-After from a 429 is honoured when it is longer than the backoff", async () => {
@@ -107,7 +104,7 @@ Deno.test("Retries: Retry-After from a 429 is honoured when it is longer than th
         : { kind: "delivered", status: 201 };
     await h.push([{ topic: "t" }]);
     await settle(h);
-    const [retry] = await h.relay.store.listDeliveries();
+    const [retry] = await listDeliveries(h.relay.store);
     assert.equal(retry!.dueAt, T0 + 120_000);
     h.clock.now = T0 + 119_999;
     await h.relay.engine.tick();
@@ -115,7 +112,7 @@ Deno.test("Retries: Retry-After from a 429 is honoured when it is longer than th
     h.clock.now = T0 + 120_000;
     await h.relay.engine.tick();
     assert.equal(h.webPush.sent.length, 2);
-    assert.deepEqual(await h.relay.store.listDeliveries(), []);
+    assert.deepEqual(await listDeliveries(h.relay.store), []);
   } finally {
     await h.close();
   }
@@ -134,7 +131,7 @@ Deno.test("Retries: timeouts and network errors are retried like 5xx", async () 
     await settle(h);
     while (await runNextRetry(h));
     assert.equal(h.webPush.sent.length, 3);
-    assert.deepEqual(await h.relay.store.listDeadLetters(), []);
+    assert.deepEqual(await listDeadLetters(h.relay.store), []);
   } finally {
     await h.close();
   }
@@ -149,7 +146,7 @@ Deno.test("Dead letters: after maxAttempts failures the delivery is kept as a de
     await settle(h);
     while (await runNextRetry(h));
     assert.equal(h.webPush.sent.length, RETRY.maxAttempts);
-    const dead = await h.relay.store.listDeadLetters();
+    const dead = await listDeadLetters(h.relay.store);
     assert.equal(dead.length, 1);
     assert.equal(dead[0]!.clientId, dev["client-id"]);
     assert.equal(dead[0]!.why, "too many attempts");
@@ -168,7 +165,7 @@ Deno.test("Dead letters: after maxAttempts failures the delivery is kept as a de
       /relay_deliveries_total{outcome="dead_lettered",transport="web-push"} 1/,
     );
     // The client is not pruned for failures that are not "gone".
-    assert.equal((await h.relay.store.listClientSubscriptions(dev["client-id"])).length, 1);
+    assert.equal((await listClientSubscriptions(h.relay.store, dev["client-id"])).length, 1);
   } finally {
     await h.close();
   }
@@ -187,7 +184,7 @@ Deno.test("Dead letters: a delivery whose TTL would run out before the next atte
     // 750 ms, then 1500 ms, then 3000 ms would pass the 5 s TTL.
     assert.equal(h.webPush.sent.length, 3);
     assert.ok(h.clock.now < T0 + 5000);
-    const dead = await h.relay.store.listDeadLetters();
+    const dead = await listDeadLetters(h.relay.store);
     assert.deepEqual(dead.map((d) => d.why), ["expired"]);
     // The TTL the push service is told shrinks with the message's age.
     assert.deepEqual(h.webPush.sent.map((s) => s.message.ttl), [5, 4, 2]);
@@ -208,12 +205,12 @@ Deno.test("Dead letters: a permanent refusal (e.g. 400) is dead-lettered at once
     await h.push([{ topic: "t" }]);
     await settle(h);
     assert.equal(h.webPush.sent.length, 1);
-    assert.deepEqual(await h.relay.store.listDeliveries(), []);
-    const dead = await h.relay.store.listDeadLetters();
+    assert.deepEqual(await listDeliveries(h.relay.store), []);
+    const dead = await listDeadLetters(h.relay.store);
     assert.equal(dead.length, 1);
     assert.equal(dead[0]!.why, "refused");
     assert.equal(dead[0]!.lastError, "push service answered 400");
-    assert.ok(await h.relay.store.getRegistration(dev["client-id"]));
+    assert.ok(await h.relay.store.registrations.get(dev["client-id"]));
   } finally {
     await h.close();
   }
@@ -268,7 +265,7 @@ Deno.test("Breaker: a push service that keeps failing is short-circuited; other 
       h.relay.metrics.deliveries.get({ transport: "web-push", outcome: "short_circuited" }),
       3,
     );
-    const queued = await h.relay.store.listDeliveries();
+    const queued = await listDeliveries(h.relay.store);
     assert.equal(queued.length, 6);
     // Short-circuited sends are not counted as attempts and wait for the breaker to close.
     const shortCircuited = queued.filter((d) => d.attempts === 0);
@@ -279,7 +276,7 @@ Deno.test("Breaker: a push service that keeps failing is short-circuited; other 
     while (await runNextRetry(h));
     assert.equal(sentTo("failing.example.com"), 3 + 6);
     assert.equal(sentTo("healthy.example.net"), 6);
-    assert.deepEqual(await h.relay.store.listDeadLetters(), []);
+    assert.deepEqual(await listDeadLetters(h.relay.store), []);
     assert.ok(h.logger.lines.some((l) => l.event === "breaker.open"));
     assert.ok(h.logger.lines.some((l) => l.event === "breaker.closed"));
   } finally {
@@ -301,7 +298,7 @@ Deno.test("Acknowledging pushes are retried and dead-lettered through the same q
     await settle(h);
     while (await runNextRetry(h));
     assert.equal(h.webPush.sent.length, 2);
-    const dead = await h.relay.store.listDeadLetters();
+    const dead = await listDeadLetters(h.relay.store);
     assert.deepEqual(dead.map((d) => [d.reason, d.why]), [["ack", "too many attempts"]]);
   } finally {
     await h.close();

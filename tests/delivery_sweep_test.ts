@@ -7,6 +7,7 @@
 
 import assert from "node:assert/strict";
 import { type Harness, harness, settle, T0 } from "./_harness.ts";
+import { listClientSubscriptions, listDeadLetters } from "./_inspect.ts";
 
 const HOUR = 3600_000;
 
@@ -21,11 +22,11 @@ async function seed(h: Harness) {
   const store = h.relay.store;
   const topics = [...Array(100).keys()].map((i) => `topic-${i}`);
   for (let c = 0; c < 25; c++) {
-    await store.upsertSubscriptions("app1", `client-${c}`, "web-push", topics, T0 + HOUR, T0);
+    await store.subscriptions.upsert("app1", `client-${c}`, "web-push", topics, T0 + HOUR, T0);
   }
   // Refreshed before the sweep: its old expiry index entry is stale and must not remove it.
-  await store.upsertSubscriptions("app1", "keep", "web-push", topics.slice(0, 5), T0 + HOUR, T0);
-  await store.upsertSubscriptions(
+  await store.subscriptions.upsert("app1", "keep", "web-push", topics.slice(0, 5), T0 + HOUR, T0);
+  await store.subscriptions.upsert(
     "app1",
     "keep",
     "web-push",
@@ -52,7 +53,7 @@ Deno.test("Sweep (§6.2.1.6 MUST): expired subscriptions are removed at most swe
     assert.equal(await countKeys(h, "subc"), 5);
     assert.equal(await countKeys(h, "subx"), 5);
     assert.deepEqual(
-      (await h.relay.store.listClientSubscriptions("keep")).map((s) => s.exp),
+      (await listClientSubscriptions(h.relay.store, "keep")).map((s) => s.exp),
       Array(5).fill(T0 + 3 * HOUR),
     );
     const sweeps = h.logger.lines.filter((l) => l.event === "sweep").map((l) => l.fields.removed);
@@ -69,14 +70,14 @@ Deno.test("Sweep: idempotent, and two sweeps racing (two processes) never remove
     const now = T0 + HOUR + 1;
     const store = h.relay.store;
     const [a, b] = await Promise.all([
-      store.sweepExpired(now, 1000),
-      store.sweepExpired(now, 1000),
+      store.subscriptions.sweepExpired(now, 1000),
+      store.subscriptions.sweepExpired(now, 1000),
     ]);
     assert.equal(a + b, 1000);
     let total = a + b;
-    for (let i = 0; i < 3; i++) total += await store.sweepExpired(now, 1000);
+    for (let i = 0; i < 3; i++) total += await store.subscriptions.sweepExpired(now, 1000);
     assert.equal(total, 2500);
-    assert.equal(await store.sweepExpired(now, 1000), 0);
+    assert.equal(await store.subscriptions.sweepExpired(now, 1000), 0);
     assert.equal(await countKeys(h, "sub"), 5);
   } finally {
     await h.close();
@@ -113,7 +114,7 @@ Deno.test("Pruning: a 410 removes all 1000 subscriptions of the client in bounde
     assert.equal((await h.subscribe(gone["client-data"], topics)).status, 200);
     assert.equal((await h.subscribe(other["client-data"], ["p0"])).status, 200);
     await settle(h);
-    const goneReg = await h.relay.store.getRegistration(gone["client-id"]);
+    const goneReg = await h.relay.store.registrations.get(gone["client-id"]);
     const goneEndpoint = goneReg!.target.transport === "web-push" ? goneReg!.target.endpoint : "";
     h.webPush.respond = (target) =>
       target.transport === "web-push" && target.endpoint === goneEndpoint
@@ -123,8 +124,8 @@ Deno.test("Pruning: a 410 removes all 1000 subscriptions of the client in bounde
     const res = await h.push([{ topic: "p7" }]);
     assert.deepEqual(await res.json(), { "push-response": {} });
     await settle(h);
-    assert.equal(await h.relay.store.getRegistration(gone["client-id"]), null);
-    assert.deepEqual(await h.relay.store.listClientSubscriptions(gone["client-id"]), []);
+    assert.equal(await h.relay.store.registrations.get(gone["client-id"]), null);
+    assert.deepEqual(await listClientSubscriptions(h.relay.store, gone["client-id"]), []);
     const leftovers = (await h.dump()).filter((k) =>
       k.includes(gone["client-id"]) && !k.startsWith('["dead"')
     );
@@ -159,9 +160,9 @@ Deno.test("Pruning: only 'gone' prunes; 429, 5xx and refusals leave the client s
       h.webPush.respond = () => outcome;
       await h.push([{ topic: "t" }]);
       await settle(h);
-      assert.equal((await h.relay.store.listClientSubscriptions(dev["client-id"])).length, 1);
+      assert.equal((await listClientSubscriptions(h.relay.store, dev["client-id"])).length, 1);
     }
-    assert.equal((await h.relay.store.listDeadLetters()).length, 3);
+    assert.equal((await listDeadLetters(h.relay.store)).length, 3);
   } finally {
     await h.close();
   }

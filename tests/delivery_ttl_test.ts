@@ -12,7 +12,8 @@ import assert from "node:assert/strict";
 import { harness, settle, T0 } from "./_harness.ts";
 import { encryptWebPush } from "../lib/crypto/ece.ts";
 import { encodeBase64Url, randomBytes } from "../lib/encoding.ts";
-import { attemptTtl } from "../lib/delivery.ts";
+import { attemptTtl } from "../lib/delivery/retry.ts";
+import { listDeliveries } from "./_inspect.ts";
 
 /** The harness clock, advanced by 1 ms at every read. */
 function tickingClock(start = T0) {
@@ -88,7 +89,7 @@ Deno.test("RFC 8030 §5.2 TTL: a retry carries the remaining lifetime, rounded d
     await h.push([{ topic: "t" }]);
     await settle(h);
     h.webPush.respond = () => ({ kind: "delivered", status: 201 });
-    const [queued] = await h.relay.store.listDeliveries();
+    const [queued] = await listDeliveries(h.relay.store);
     // 10.5 s after the push: 3,322.5 s are left, which goes out as 3,322.
     h.clock.now = Math.max(queued!.dueAt, T0 + 10_500);
     const left = (T0 + 3333_000 - h.clock.now) / 1000;

@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import { APP2_TOKEN, APP_TOKEN, harness, PATH_APP, PUBLIC_URL, settle, T0 } from "./_harness.ts";
+import { listClientSubscriptions } from "./_inspect.ts";
 
 const WP = `${PUBLIC_URL}/transports/web-push`;
 
@@ -65,7 +66,7 @@ Deno.test('§6 item 2: push-subscribe accepts "transport" as an alias of "select
       },
     });
     assert.equal(res.status, 200);
-    const subs = await h.relay.store.listClientSubscriptions(dev["client-id"]);
+    const subs = await listClientSubscriptions(h.relay.store, dev["client-id"]);
     assert.deepEqual(subs.map((s) => s.topic), ["alias-topic"]);
   } finally {
     await h.close();
@@ -191,7 +192,7 @@ Deno.test("G-6 / G-7 (§5.2.2 MUST): a subscription with a past expiry removes t
     assert.equal(res.status, 200);
     assert.deepEqual(await res.json(), { "push-url": `${PUBLIC_URL}/gateway/app1` });
     assert.deepEqual(
-      (await h.relay.store.listClientSubscriptions(a["client-id"])).map((s) => s.topic),
+      (await listClientSubscriptions(h.relay.store, a["client-id"])).map((s) => s.topic),
       ["t2"],
     );
     await settle(h);
@@ -200,7 +201,7 @@ Deno.test("G-6 / G-7 (§5.2.2 MUST): a subscription with a past expiry removes t
     await settle(h);
     assert.equal(h.webPush.sent.length, 1);
     const target = h.webPush.sent[0]!.target;
-    const regB = await h.relay.store.getRegistration(b["client-id"]);
+    const regB = await h.relay.store.registrations.get(b["client-id"]);
     assert.deepEqual(target, regB!.target);
   } finally {
     await h.close();
@@ -237,7 +238,7 @@ Deno.test("G-16 (§6.2.1.6 MUST): subscriptions not refreshed within the refresh
     await settle(h);
     h.clock.now = T0 + 3600_001;
     await h.relay.engine.tick();
-    assert.deepEqual(await h.relay.store.listClientSubscriptions(a["client-id"]), []);
+    assert.deepEqual(await listClientSubscriptions(h.relay.store, a["client-id"]), []);
     const keys = (await h.dump()).filter((k) => /^\["sub/.test(k));
     assert.deepEqual(keys, []);
     // Idempotent: a second sweep finds nothing and fails nothing.
@@ -296,7 +297,7 @@ Deno.test("G-19 (§6.1.2): a subscribe adds or refreshes its topics and leaves t
     await h.subscribe(a["client-data"], ["t2", "t3"], {
       expires: new Date(T0 + 7200_000).toISOString(),
     });
-    const subs = await h.relay.store.listClientSubscriptions(a["client-id"]);
+    const subs = await listClientSubscriptions(h.relay.store, a["client-id"]);
     assert.deepEqual(subs.map((s) => [s.topic, s.exp - T0]), [["t1", 3600_000], ["t2", 7200_000], [
       "t3",
       7200_000,
@@ -346,7 +347,7 @@ Deno.test("G-20 (§6.1.2): expires must be an RFC 3339 timestamp; offsets are no
       expires: "2026-11-24T12:00:00.5+01:00",
     });
     assert.equal(ok.status, 200);
-    const [sub] = await h.relay.store.listClientSubscriptions(a["client-id"]);
+    const [sub] = await listClientSubscriptions(h.relay.store, a["client-id"]);
     assert.equal(sub!.exp, Date.parse("2026-11-24T11:00:00.500Z"));
   } finally {
     await h.close();
@@ -422,7 +423,7 @@ Deno.test("G-22 (§7.1): the client whose client-id sent the change is not pushe
     assert.deepEqual(await res.json(), { "push-response": {} });
     await settle(h);
     assert.equal(h.webPush.sent.length, 1);
-    const regB = await h.relay.store.getRegistration(b["client-id"]);
+    const regB = await h.relay.store.registrations.get(b["client-id"]);
     assert.deepEqual(h.webPush.sent[0]!.target, regB!.target);
     // The only subscriber being the originator still counts as a subscriber: not listed.
     await h.subscribe(a["client-data"], ["solo"]);
@@ -458,7 +459,7 @@ Deno.test("G-27 (§8.3 SHOULD): forged, tampered, foreign and revoked client-dat
     }
     assert.deepEqual(await h.dump(), before);
     // client-data reveals nothing: it does not contain the endpoint or the client id.
-    const reg = await h.relay.store.getRegistration(a["client-id"]);
+    const reg = await h.relay.store.registrations.get(a["client-id"]);
     const endpoint = reg!.target.transport === "web-push" ? reg!.target.endpoint : "";
     assert.equal(
       atob(cd.replace(/-/g, "+").replace(/_/g, "/") + "==".slice(0, (4 - cd.length % 4) % 4))

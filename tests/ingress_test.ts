@@ -15,9 +15,9 @@ import {
   DEFAULT_INGRESS_RATE_PER_MINUTE,
   forwardedSize,
   MIN_INGRESS_BODY_BYTES,
-  parseVapidAuthorization,
   URGENCY_PRIORITY,
 } from "../lib/ingress.ts";
+import { parseVapidAuthorization } from "../routes/ingress.ts";
 import { urgencyFor } from "../lib/transports/types.ts";
 import type { Target, TransportId } from "../lib/transports/types.ts";
 
@@ -423,7 +423,7 @@ Deno.test("ingress: a deleted, re-registered-without-ingress or pruned registrat
     fake.fcm.respond = () => ({ kind: "gone", status: 404, reason: "UNREGISTERED" });
     assert.equal((await post(h, pruned.path, body)).status, 201);
     await h.relay.engine.idle();
-    assert.equal(await h.relay.store.getRegistration(pruned.clientId), null);
+    assert.equal(await h.relay.store.registrations.get(pruned.clientId), null);
     assert.equal((await post(h, pruned.path, body)).status, 410);
     assert.equal(fake.fcm.sent.length, 1);
   } finally {
@@ -527,7 +527,7 @@ Deno.test("ingress: RFC 8030 §5.4: an undelivered message is replaced by a newe
     assert.deepEqual(retried.sort(), [b, c, d].map((x) => encodeBase64Url(x)).sort());
     assert.equal(retried.includes(encodeBase64Url(a)), false);
     assert.equal(h.relay.metrics.deliveries.get({ transport: "fcm", outcome: "replaced" }), 1);
-    assert.equal(await h.relay.store.countDeliveries(), 0);
+    assert.equal(await h.relay.store.queue.count(), 0);
   } finally {
     await h.close();
   }

@@ -99,7 +99,7 @@ Deno.test("GET /metrics: pruned, retried and failed deliveries are counted by ou
     for (const d of devs) await h.subscribe(d["client-data"], ["t"]);
     await settle(h);
     const endpoints = await Promise.all(devs.map(async (d) => {
-      const reg = await h.relay.store.getRegistration(d["client-id"]);
+      const reg = await h.relay.store.registrations.get(d["client-id"]);
       return reg?.target.transport === "web-push" ? reg.target.endpoint : "";
     }));
     h.webPush.respond = (target) => {
@@ -129,36 +129,41 @@ Deno.test("Active subscriptions: the KV counter follows subscribe, refresh, unsu
   try {
     const store = h.relay.store;
     const topics = [...Array(250).keys()].map((i) => `t${i}`);
-    await store.upsertSubscriptions("app1", "c1", "web-push", topics, T0 + HOUR, T0);
-    assert.equal(await store.countSubscriptions(), 250);
+    await store.subscriptions.upsert("app1", "c1", "web-push", topics, T0 + HOUR, T0);
+    assert.equal(await store.subscriptions.count(), 250);
     // A refresh creates nothing.
-    await store.upsertSubscriptions("app1", "c1", "web-push", topics, T0 + 2 * HOUR, T0);
-    assert.equal(await store.countSubscriptions(), 250);
+    await store.subscriptions.upsert("app1", "c1", "web-push", topics, T0 + 2 * HOUR, T0);
+    assert.equal(await store.subscriptions.count(), 250);
     // Unsubscribe of some, one of them unknown.
-    assert.equal(await store.removeSubscriptions("app1", "c1", ["t0", "t1", "nope"]), 2);
-    assert.equal(await store.countSubscriptions(), 248);
+    assert.equal(await store.subscriptions.remove("app1", "c1", ["t0", "t1", "nope"]), 2);
+    assert.equal(await store.subscriptions.count(), 248);
 
     // Two processes subscribing the same new pairs, and removing the same client, at once.
     await Promise.all([
-      store.upsertSubscriptions("app2", "c2", "web-push", topics, T0 + HOUR, T0),
-      store.upsertSubscriptions("app2", "c2", "web-push", topics, T0 + HOUR, T0),
+      store.subscriptions.upsert("app2", "c2", "web-push", topics, T0 + HOUR, T0),
+      store.subscriptions.upsert("app2", "c2", "web-push", topics, T0 + HOUR, T0),
     ]);
-    assert.equal(await store.countSubscriptions(), 498);
-    await Promise.all([store.removeClient("c2", null), store.removeClient("c2", null)]);
-    assert.equal(await store.countSubscriptions(), 248);
+    assert.equal(await store.subscriptions.count(), 498);
     await Promise.all([
-      store.removeSubscriptions("app1", "c1", ["t2", "t3"]),
-      store.removeSubscriptions("app1", "c1", ["t2", "t3"]),
+      store.registrations.remove("c2", null),
+      store.registrations.remove("c2", null),
     ]);
-    assert.equal(await store.countSubscriptions(), 246);
+    assert.equal(await store.subscriptions.count(), 248);
+    await Promise.all([
+      store.subscriptions.remove("app1", "c1", ["t2", "t3"]),
+      store.subscriptions.remove("app1", "c1", ["t2", "t3"]),
+    ]);
+    assert.equal(await store.subscriptions.count(), 246);
 
     // The sweep removes expired ones (CC/CD 70025 §6.2.1.6) and the count follows.
-    await store.upsertSubscriptions("app1", "c3", "web-push", ["x", "y"], T0 + HOUR, T0);
-    assert.equal(await store.countSubscriptions(), 248);
+    await store.subscriptions.upsert("app1", "c3", "web-push", ["x", "y"], T0 + HOUR, T0);
+    assert.equal(await store.subscriptions.count(), 248);
     let swept = 0;
-    for (let i = 0; i < 5; i++) swept += await store.sweepExpired(T0 + HOUR + 1, 1000);
+    for (let i = 0; i < 5; i++) {
+      swept += await store.subscriptions.sweepExpired(T0 + HOUR + 1, 1000);
+    }
     assert.equal(swept, 2);
-    assert.equal(await store.countSubscriptions(), 246);
+    assert.equal(await store.subscriptions.count(), 246);
 
     let stored = 0;
     for await (const _ of h.kv.list({ prefix: ["sub"] })) stored++;

@@ -4,6 +4,7 @@
 
 import assert from "node:assert/strict";
 import { harness, PUBLIC_URL, settle, testSubscriptionKeys } from "./_harness.ts";
+import { listClientSubscriptions } from "./_inspect.ts";
 
 const AUTH = "AAECAwQFBgcICQoLDA0ODw";
 
@@ -211,14 +212,14 @@ Deno.test("DELETE /registrations/{client-id}: 401 without Authorization, 403 for
     });
     assert.equal(other.status, 403);
     assert.equal((await other.json()).error.code, "invalid-client-data");
-    assert.notEqual(await h.relay.store.getRegistration(a["client-id"]), null);
+    assert.notEqual(await h.relay.store.registrations.get(a["client-id"]), null);
     const ok = await h.request(`/registrations/${a["client-id"]}`, {
       method: "DELETE",
       headers: { authorization: `Bearer ${a["client-data"]}` },
     });
     assert.equal(ok.status, 204);
-    assert.equal(await h.relay.store.getRegistration(a["client-id"]), null);
-    assert.deepEqual(await h.relay.store.listClientSubscriptions(a["client-id"]), []);
+    assert.equal(await h.relay.store.registrations.get(a["client-id"]), null);
+    assert.deepEqual(await listClientSubscriptions(h.relay.store, a["client-id"]), []);
     await settle(h);
     const push = await h.push([{ topic: "t1" }]);
     assert.deepEqual(await push.json(), {

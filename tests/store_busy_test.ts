@@ -1,13 +1,16 @@
 /**
- * Issue 4: the local SQLite backend answers "database is locked" when several processes (or
- * handles) write one KV file at once. Such a call did not take effect, so the store tries it
- * again (lib/store.ts `retryingKv`). Before this, a fan-out whose cursor commit failed this way
- * gave its page back and the page was sent twice.
+ * The local SQLite backend answers "database is locked" when several processes (or handles)
+ * write one KV file at once. Such a call did not take effect, so the store tries it again
+ * (lib/store/kv.ts). Before this, a fan-out whose cursor commit failed this way gave its page
+ * back and the page was sent twice.
  */
 
 import assert from "node:assert/strict";
-import { isBusy, retryingKv, Store } from "../lib/store.ts";
+import { createStore, isBusy, Kv } from "../lib/store/mod.ts";
 import { StorageError } from "../lib/errors.ts";
+
+/** The store's KV wrapper around `kv` (retries "database is locked"). */
+const retryingKv = (kv: Deno.Kv) => new Kv(kv);
 
 const busy = () => new TypeError("database is locked");
 
@@ -75,11 +78,12 @@ Deno.test("busy: get, getMany, set, delete and atomic commits are tried again", 
     const kv = retryingKv(fake);
     await kv.set(["a"], 1);
     assert.equal((await kv.get(["a"])).value, 1);
-    assert.deepEqual((await kv.getMany([["a"], ["b"]])).map((e) => e.value), [1, null]);
+    assert.deepEqual((await kv.getMany<number>([["a"], ["b"]])).map((e) => e.value), [1, null]);
     // A sum applied once although its commit failed twice: the failed tries did not happen.
-    const res = await kv.atomic().check({ key: ["n"], versionstamp: null }).sum(["n"], 5n)
-      .commit();
-    assert.equal(res.ok, true);
+    const ok = await kv.commit(
+      kv.atomic().check({ key: ["n"], versionstamp: null }).sum(["n"], 5n),
+    );
+    assert.equal(ok, true);
     assert.equal((await real.get<Deno.KvU64>(["n"])).value?.value, 5n);
     await kv.delete(["a"]);
     assert.equal((await real.get(["a"])).versionstamp, null);
@@ -129,8 +133,8 @@ Deno.test("busy: other errors are not retried, and a lock that never clears ends
     assert.equal(calls, 1);
 
     const { kv: locked, calls: tries } = flaky(real, { get: Infinity });
-    const store = new Store(locked);
-    await assert.rejects(store.getRegistration("c1"), (err: unknown) => {
+    const store = createStore(locked);
+    await assert.rejects(store.registrations.get("c1"), (err: unknown) => {
       assert.ok(err instanceof StorageError);
       assert.match(String((err as Error).cause), /database is locked/);
       return true;
@@ -174,9 +178,9 @@ Deno.test("busy: three KV handles on one SQLite file write concurrently without 
       [...Array(150).keys()].map(async (i) => {
         for (;;) {
           const e = await kv.get(["hot", i % 10]);
-          const res = await kv.atomic().check(e).set(["hot", i % 10], `${h}:${i}`)
-            .set(["row", h, i], "v".repeat(1500)).sum(["count"], 1n).commit();
-          if (res.ok) break; // a lost check (another writer went first): read again
+          const op = kv.atomic().check(e).set(["hot", i % 10], `${h}:${i}`)
+            .set(["row", h, i], "v".repeat(1500)).sum(["count"], 1n);
+          if (await kv.commit(op)) break; // a lost check (another writer went first): read again
         }
         committed++;
       })

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { type JWTPayload, jwtVerify } from "jose";
 import { decodeBase64Url, encodeBase64Url, isBase64Url, utf8 } from "../encoding.ts";
 import { isP256Point } from "./ece.ts";
 import { signJwt } from "./jwt.ts";
@@ -135,7 +136,7 @@ export interface VapidOptions extends VapidKeys {
   subject: string;
   /** Milliseconds since the epoch; injected so tests control expiry. */
   now: () => number;
-  /** JWT lifetime. Default and maximum 12 h (CONTRACT §1.3; RFC 8292 §2 allows 24 h). */
+  /** JWT lifetime. Default and maximum 12 h (README "The gateway protocol"; RFC 8292 §2 allows 24 h). */
   lifetimeMs?: number;
   /** Renew a cached header when less than this remains. Default 1 h. */
   renewBeforeMs?: number;
@@ -224,4 +225,89 @@ export async function createVapid(options: VapidOptions): Promise<Vapid> {
       return value;
     },
   };
+}
+
+/** The outcome of {@linkcode verifyVapid}: the signer's key, or why the token is refused. */
+export type VapidCheck = { ok: true; publicKey: Uint8Array } | { ok: false; reason: string };
+
+/** RFC 8292 §2: a VAPID JWT's `exp` is at most 24 h after the request. */
+const VAPID_MAX_LIFETIME_MS = 24 * HOUR_MS;
+/** Clock skew tolerated on the 24 h bound only (an expired JWT is always refused). */
+const VAPID_SKEW_MS = 60_000;
+
+/**
+ * Verifies the `t` (an ES256 JWT) and `k` (its signer's public key) of a VAPID header
+ * (RFC 8292 §3), with jose: the signature verifies with `k`, `aud` is `audience` (the push
+ * service's origin, RFC 8292 §2), and `exp` lies in the future but no more than 24 hours ahead.
+ * Returns the signer's key; whether it is the key a subscription is restricted to is the
+ * caller's question (RFC 8292 §4.2).
+ */
+export async function verifyVapid(
+  token: { t: string; k: string },
+  options: {
+    audience: string;
+    now: number;
+    importKey?: (raw: Uint8Array) => Promise<CryptoKey | null>;
+  },
+): Promise<VapidCheck> {
+  let publicKey: Uint8Array;
+  try {
+    publicKey = decodeBase64Url(token.k);
+  } catch {
+    return { ok: false, reason: "k is not base64url" };
+  }
+  if (!isP256Point(publicKey)) return { ok: false, reason: "k is not an uncompressed P-256 point" };
+  const key = await (options.importKey ?? importVerifyKey)(publicKey);
+  if (!key) return { ok: false, reason: "k cannot be imported" };
+  let payload: JWTPayload;
+  try {
+    ({ payload } = await jwtVerify(token.t, key, {
+      algorithms: ["ES256"],
+      audience: [options.audience, `${options.audience}/`],
+      requiredClaims: ["exp"],
+      currentDate: new Date(options.now),
+    }));
+  } catch (err) {
+    return { ok: false, reason: joseReason(err) };
+  }
+  if (payload.exp! * 1000 > options.now + VAPID_MAX_LIFETIME_MS + VAPID_SKEW_MS) {
+    return { ok: false, reason: "the JWT exp is more than 24 hours ahead" };
+  }
+  return { ok: true, publicKey };
+}
+
+/** A refusal reason from jose's error codes (never the token itself). */
+function joseReason(err: unknown): string {
+  const code = (err as { code?: string }).code;
+  switch (code) {
+    case "ERR_JWT_EXPIRED":
+      return "the JWT has expired";
+    case "ERR_JWS_SIGNATURE_VERIFICATION_FAILED":
+      return "the JWT signature does not verify with k";
+    case "ERR_JOSE_ALG_NOT_ALLOWED":
+      return "the JWT alg is not ES256";
+    case "ERR_JWT_CLAIM_VALIDATION_FAILED": {
+      const claim = (err as { claim?: string }).claim;
+      return claim === "aud"
+        ? "the JWT aud is not this relay's origin"
+        : `the JWT ${claim} is invalid`;
+    }
+    default:
+      return "t is not a valid JWT";
+  }
+}
+
+/** Imports a raw P-256 public key for ECDSA verification, or null when it is not one. */
+export async function importVerifyKey(raw: Uint8Array): Promise<CryptoKey | null> {
+  try {
+    return await crypto.subtle.importKey(
+      "raw",
+      raw as BufferSource,
+      { name: "ECDSA", namedCurve: "P-256" },
+      false,
+      ["verify"],
+    );
+  } catch {
+    return null;
+  }
 }

@@ -1,12 +1,14 @@
 /**
  * Failure isolation per push service: at most `concurrency` sends in flight per transport, a
- * bounded wait queue, and a timeout on every send. A push service that hangs then holds only
+ * bounded wait queue, and a timeout on every send (the only one: transports honour the signal
+ * this aborts, and a transport that ignores it is left behind all the same). A push service that hangs then holds only
  * its own slots for at most `timeoutMs` each; the other transports never wait for it (the
  * lesson of Sygnal #104/#117, where one slow service starved the rest).
  *
  * @module
  */
 
+import { Semaphore } from "../async/semaphore.ts";
 import type { DeliveryOutcome, OutboundMessage, Target, Transport } from "./types.ts";
 
 export interface BoundedOptions {
@@ -33,49 +35,20 @@ export interface BoundedTransport extends Transport {
 
 /** Wraps `transport` with a per-transport semaphore and a timeout on every send. */
 export function bounded(transport: Transport, options: BoundedOptions): BoundedTransport {
-  const concurrency = Math.max(1, Math.floor(options.concurrency));
+  const slots = new Semaphore(Math.max(1, Math.floor(options.concurrency)));
   const timeoutMs = options.timeoutMs;
   const maxQueue = options.maxQueue ?? 10_000;
-  let inFlight = 0;
-  const waiters: (() => void)[] = [];
-
-  function release(): void {
-    const next = waiters.shift();
-    if (next) next(); // the slot passes straight to the next waiter
-    else inFlight--;
-  }
-
-  /** Resolves true once a slot is held, false when `signal` aborts first. */
-  function acquire(signal: AbortSignal | undefined): Promise<boolean> {
-    if (inFlight < concurrency) {
-      inFlight++;
-      return Promise.resolve(true);
-    }
-    return new Promise<boolean>((resolve) => {
-      const grant = () => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve(true);
-      };
-      const onAbort = () => {
-        const i = waiters.indexOf(grant);
-        if (i >= 0) waiters.splice(i, 1);
-        resolve(false);
-      };
-      waiters.push(grant);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-  }
 
   async function send(
     target: Target,
     message: OutboundMessage,
     signal?: AbortSignal,
   ): Promise<DeliveryOutcome> {
-    if (signal?.aborted) return { kind: "retry", reason: "aborted" };
-    if (inFlight >= concurrency && waiters.length >= maxQueue) {
-      return { kind: "retry", reason: "saturated" };
+    if (signal?.aborted) return { kind: "retry", reason: "aborted", local: true };
+    if (!slots.available && slots.waiting >= maxQueue) {
+      return { kind: "retry", reason: "saturated", local: true };
     }
-    if (!(await acquire(signal))) return { kind: "retry", reason: "aborted" };
+    if (!(await slots.acquire(signal))) return { kind: "retry", reason: "aborted", local: true };
 
     const controller = new AbortController();
     let timedOut = false;
@@ -107,7 +80,7 @@ export function bounded(transport: Transport, options: BoundedOptions): BoundedT
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener("abort", onOuterAbort);
-      release();
+      slots.release();
     }
   }
 
@@ -116,10 +89,10 @@ export function bounded(transport: Transport, options: BoundedOptions): BoundedT
     send,
     close: () => transport.close?.(),
     get inFlight() {
-      return inFlight;
+      return slots.held;
     },
     get queued() {
-      return waiters.length;
+      return slots.waiting;
     },
   };
 }

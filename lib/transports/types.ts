@@ -69,13 +69,14 @@ export interface OutboundMessage {
  * - `gone`: the device is gone for good (Web Push `404`/`410`, FCM `UNREGISTERED`, APNs
  *   `410 Unregistered`/`400 BadDeviceToken`...): the relay prunes the client.
  * - `retry`: a transient failure (timeout, network, `429`, `5xx`); `retryAfterMs` honours
- *   `Retry-After`.
+ *   `Retry-After`. `local` marks one of the relay's own making (its own queue limit, its own
+ *   shutdown before the request went out): it says nothing about the push service.
  * - `failed`: permanent for this message but the device stays (e.g. `400`, `413`).
  */
 export type DeliveryOutcome =
   | { kind: "delivered"; status: number }
   | { kind: "gone"; status: number; reason: string }
-  | { kind: "retry"; status?: number; retryAfterMs?: number; reason: string }
+  | { kind: "retry"; status?: number; retryAfterMs?: number; reason: string; local?: true }
   | { kind: "failed"; status?: number; reason: string };
 
 export interface Transport {

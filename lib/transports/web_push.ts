@@ -12,6 +12,7 @@ import { decodeSubscriptionKeys, encryptWebPush, type EphemeralKeyPool } from ".
 import type { Encryptor } from "../crypto/ece_pool.ts";
 import type { Vapid } from "../crypto/vapid.ts";
 import { utf8 } from "../encoding.ts";
+import { isPushTopic } from "../rfc8030.ts";
 import { createHttp1Client, fetchPost, type Post } from "./http1.ts";
 import {
   type DeliveryOutcome,
@@ -38,12 +39,7 @@ export interface WebPushTransportOptions {
    * are encrypted inline with `keyPool` when absent.
    */
   encryptor?: Encryptor;
-  /** Per-request timeout in milliseconds; a timeout is a `retry`. Default 10 000. */
-  timeoutMs?: number;
 }
-
-// RFC 8030 §5.4: a Topic is at most 32 characters of the URL-safe base64 alphabet.
-const TOPIC_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 
 /** The Web Push transport; `close()` (or `using`) closes its kept-alive connections. */
 export interface WebPushTransport extends Transport, Disposable {
@@ -60,7 +56,6 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
     ? undefined
     : createHttp1Client({ fallback: fetchPost(globalThis.fetch) });
   const post: Post = client ? client.post : fetchPost(options.fetch!);
-  const timeoutMs = options.timeoutMs ?? 10_000;
   const { vapid, now, keyPool, encryptor } = options;
 
   /**
@@ -142,30 +137,19 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
       };
       // An invalid Topic would make the push service refuse the whole message (RFC 8030 §5.4);
       // sending it without one only loses the replacement.
-      if (message.collapseKey !== undefined && TOPIC_PATTERN.test(message.collapseKey)) {
+      if (message.collapseKey !== undefined && isPushTopic(message.collapseKey)) {
         headers["Topic"] = message.collapseKey;
       }
 
-      const controller = new AbortController();
-      let timedOut = false;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        controller.abort();
-      }, timeoutMs);
-      const onAbort = () => controller.abort();
-      signal?.addEventListener("abort", onAbort, { once: true });
-      // The signal may have fired while we were encrypting; a listener added late never runs.
-      if (signal?.aborted) controller.abort();
+      // The signal may have fired while we were encrypting. The time limit is the caller's
+      // (bounded(), lib/transports/bounded.ts): it aborts `signal`.
+      if (signal?.aborted) return { kind: "retry", reason: "aborted" };
       try {
-        const response = await post(url, headers, body, controller.signal);
+        const response = await post(url, headers, body, signal);
         return classify(response.status, response.header("retry-after"), now());
       } catch (err) {
-        if (timedOut) return { kind: "retry", reason: `timeout after ${timeoutMs} ms` };
         if (signal?.aborted) return { kind: "retry", reason: "aborted" };
         return { kind: "retry", reason: networkReason(err) };
-      } finally {
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
       }
     },
     close() {

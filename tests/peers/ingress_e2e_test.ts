@@ -18,7 +18,7 @@ import webpush from "web-push";
 import { loadConfig } from "../../lib/config.ts";
 import { decodeBase64Url, encodeBase64Url } from "../../lib/encoding.ts";
 import { memoryLogger } from "../../lib/log.ts";
-import { createRelay, type Relay } from "../../lib/relay.ts";
+import { createRelay, type Relay } from "../../relay.ts";
 import { createApnsHttpClient } from "../../lib/transports/apns.ts";
 import { childElement, parseXml } from "../../lib/xml.ts";
 import { type ApnsMock, MOCK_CA_PEM, startApnsMock } from "../mocks/apns_mock.ts";

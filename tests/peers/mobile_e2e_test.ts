@@ -208,15 +208,15 @@ Deno.test("FCM UNREGISTERED and APNs 410 Unregistered prune the client; an FCM 4
     );
     await m.h.push([{ topic: "f1" }]);
     await settle(m.h);
-    assert.equal(await m.h.relay.store.getRegistration(f1["client-id"]), null);
+    assert.equal(await m.h.relay.store.registrations.get(f1["client-id"]), null);
     m.fcm.enqueue(fcmError(404, "NOT_FOUND", "Project not found"));
     await m.h.push([{ topic: "f2" }]);
     await settle(m.h);
-    assert.notEqual(await m.h.relay.store.getRegistration(f2["client-id"]), null);
+    assert.notEqual(await m.h.relay.store.registrations.get(f2["client-id"]), null);
     m.apns.enqueue({ status: 410, reason: "Unregistered" });
     await m.h.push([{ topic: "a1" }]);
     await settle(m.h);
-    assert.equal(await m.h.relay.store.getRegistration(a["client-id"]), null);
+    assert.equal(await m.h.relay.store.registrations.get(a["client-id"]), null);
     const after = await m.h.push([{ topic: "f1" }, { topic: "f2" }, { topic: "a1" }]);
     assert.deepEqual(await after.json(), {
       "push-response": { "no-subscribers": [{ topic: "f1" }, { topic: "a1" }] },

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { formatRfc3339 } from "../../lib/time.ts";
 import { harness, settle } from "../_harness.ts";
 import { startWebPushTesting } from "./web_push_testing.ts";
+import { listClientSubscriptions } from "../_inspect.ts";
 
 Deno.test("web-push-testing end to end: register, subscribe, push; the decrypted update arrives; 410 prunes the client", async () => {
   await using push = await startWebPushTesting();
@@ -49,8 +50,8 @@ Deno.test("web-push-testing end to end: register, subscribe, push; the decrypted
     const gone = await h.push([{ topic: "cal-home" }]);
     assert.deepEqual(await gone.json(), { "push-response": {} });
     await settle(h);
-    assert.equal(await h.relay.store.getRegistration(clientId), null);
-    assert.deepEqual(await h.relay.store.listClientSubscriptions(clientId), []);
+    assert.equal(await h.relay.store.registrations.get(clientId), null);
+    assert.deepEqual(await listClientSubscriptions(h.relay.store, clientId), []);
     const after = await h.push([{ topic: "cal-home" }]);
     assert.deepEqual(await after.json(), {
       "push-response": { "no-subscribers": [{ topic: "cal-home" }] },

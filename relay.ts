@@ -1,35 +1,35 @@
 /**
- * Composition of the relay from a validated config and an open KV: keys and secrets (kept in
- * KV when not configured), transports, the delivery engine, the gateway and the HTTP app.
- * `main.ts` and the tests both build the relay here, so tests run the real wiring with a
- * `:memory:` KV, a fixed clock and local servers.
+ * The composition root: the relay from a validated config and an open KV. Keys and secrets
+ * (kept in KV when not configured), transports, the delivery engine, the domain services and
+ * the HTTP app, wired here and nowhere else; this is the only module that sees both `lib/` and
+ * `routes/`. `main.ts` and the tests both build the relay here, so tests run the real wiring
+ * with a `:memory:` KV, a fixed clock and local servers.
  *
  * @module
  */
 
 import type { Hono } from "hono";
-import type { AppConfig, Config } from "./config.ts";
-import { createEphemeralKeyPool, fastestP256Backend } from "./crypto/ece.ts";
-import { createEncryptionPool } from "./crypto/ece_pool.ts";
-import { createVapid, generateVapidKeys, type VapidKeys } from "./crypto/vapid.ts";
-import { DeliveryEngine, type DeliveryEngineOptions } from "./delivery.ts";
-import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./encoding.ts";
-import { Gateway, type TransportInfo } from "./gateway.ts";
-import { Ingress, type IngressOptions, ingressSuperseded } from "./ingress.ts";
-import { consoleLogger, type Logger } from "./log.ts";
-import { Metrics } from "./metrics.ts";
-import { Registrations } from "./registrations.ts";
-import { createSealer } from "./seal.ts";
-import { Store } from "./store.ts";
-import { denoResolver, type Resolver } from "./targets.ts";
-import { type Clock, systemClock } from "./time.ts";
-import { createApnsTransport } from "./transports/apns.ts";
-import { bounded } from "./transports/bounded.ts";
-import { createFcmTransport, parseServiceAccount } from "./transports/fcm.ts";
-import type { Transport, TransportId } from "./transports/types.ts";
-import { createWebPushTransport } from "./transports/web_push.ts";
-import { createApp } from "../routes/mod.ts";
-import { ingressRoutes } from "../routes/ingress.ts";
+import type { AppConfig, Config } from "./lib/config.ts";
+import { createEphemeralKeyPool, fastestP256Backend } from "./lib/crypto/ece.ts";
+import { createEncryptionPool } from "./lib/crypto/ece_pool.ts";
+import { createVapid, generateVapidKeys, type VapidKeys } from "./lib/crypto/vapid.ts";
+import { DeliveryEngine, type DeliveryEngineOptions } from "./lib/delivery/engine.ts";
+import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./lib/encoding.ts";
+import { Gateway, type TransportInfo } from "./lib/gateway.ts";
+import { Ingress, type IngressOptions, ingressSuperseded } from "./lib/ingress.ts";
+import { consoleLogger, type Logger } from "./lib/log.ts";
+import { Metrics } from "./lib/metrics.ts";
+import { Registrations } from "./lib/registrations.ts";
+import { createSealer } from "./lib/seal.ts";
+import { createStore, type Store } from "./lib/store/mod.ts";
+import { denoResolver, type Resolver } from "./lib/targets.ts";
+import { type Clock, systemClock } from "./lib/time.ts";
+import { createApnsTransport } from "./lib/transports/apns.ts";
+import { bounded } from "./lib/transports/bounded.ts";
+import { createFcmTransport, parseServiceAccount } from "./lib/transports/fcm.ts";
+import type { Transport, TransportId } from "./lib/transports/types.ts";
+import { createWebPushTransport } from "./lib/transports/web_push.ts";
+import { createApp } from "./routes/mod.ts";
 
 export interface RelayOptions {
   config: Config;
@@ -70,14 +70,14 @@ export interface Relay {
 async function loadSecrets(store: Store, config: Config, onDevTokenCreated?: (t: string) => void) {
   const secret = config.secret ??
     decodeBase64Url(
-      (await store.getOrCreateMeta("secret", () => encodeBase64Url(randomBytes(32)))).value,
+      (await store.meta.getOrCreate("secret", () => encodeBase64Url(randomBytes(32)))).value,
     );
   // First writer wins: two processes starting together on one fresh KV agree on one key pair.
   const vapid: VapidKeys = config.vapid ??
-    (await store.getOrCreateMeta<VapidKeys>("vapid", generateVapidKeys)).value;
+    (await store.meta.getOrCreate<VapidKeys>("vapid", generateVapidKeys)).value;
   let apps = config.apps;
   if (!apps) {
-    const dev = await store.getOrCreateMeta("dev-token", () => randomToken(24));
+    const dev = await store.meta.getOrCreate("dev-token", () => randomToken(24));
     if (dev.created) onDevTokenCreated?.(dev.value);
     apps = [{ id: "dev", token: dev.value }];
   }
@@ -92,9 +92,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   // Web Push goes out on the relay's own HTTP/1.1 client unless a fetch is injected or an
   // outbound proxy is configured (fetch honours HTTPS_PROXY and friends; that client does not).
   const webPushFetch = options.fetch ?? (config.outboundProxy ? fetch : undefined);
-  const store = new Store(kv);
+  const store = createStore(kv);
   // Two processes opening one fresh SQLite file at once can meet "database is locked" on their
-  // first writes; the store retries those (retryingKv).
+  // first writes; the store retries those (lib/store/kv.ts).
   const { secret, vapid, apps } = await loadSecrets(store, config, options.onDevTokenCreated);
   const sealer = await createSealer(secret);
   const timeoutMs = options.sendTimeoutMs ?? 10_000;
@@ -103,8 +103,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const infos: TransportInfo[] = [];
   const uri = (id: TransportId) => `${config.publicUrl}/transports/${id}`;
 
-  // Issue 5: P-256 runs on node:crypto or Web Crypto, whichever costs less CPU in this runtime,
-  // measured once now (while nothing else runs) rather than during the first fan-out.
+  // P-256 runs on node:crypto or Web Crypto, whichever costs less CPU in this runtime, measured
+  // once now (while nothing else runs) rather than during the first fan-out (README
+  // "Benchmarks").
   const p256 = await fastestP256Backend();
   logger.log("info", "crypto", { p256 });
   const keyPool = createEphemeralKeyPool({ p256 });
@@ -114,9 +115,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       vapid: vapidSigner,
       now,
       ...(webPushFetch ? { fetch: webPushFetch } : {}),
-      // Issue 5: a fan-out encrypts in workers so that every core works (BENCHMARKS.md).
+      // A fan-out encrypts in workers so that every core works (BENCHMARKS.md).
       encryptor: createEncryptionPool({ keyPool, p256 }),
-      timeoutMs,
     }),
     { concurrency: 256, timeoutMs },
   );
@@ -191,10 +191,11 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const registrations = new Registrations({
     store,
     sealer,
-    engine,
     transports: infos,
     refreshInterval: config.refreshInterval,
     publicUrl: config.publicUrl,
+    allowPrivateEndpoints: config.allowPrivateEndpoints,
+    resolve: options.resolve ?? denoResolver,
     now,
     logger,
   });
@@ -212,12 +213,15 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     transports: infos,
     gateway,
     registrations,
-    store,
+    ingress,
+    hit: (subject, window) => store.limits.hit(subject, window),
+    status: {
+      ping: () => store.meta.ping(),
+      subscriptionCount: () => store.subscriptions.count(),
+    },
     logger,
     metrics,
     now,
-    resolve: options.resolve ?? denoResolver,
-    extraRoutes: [ingressRoutes(ingress)],
   });
   return {
     app,

@@ -1,0 +1,159 @@
+/**
+ * The records every part of the relay shares: what a device registered, what an application
+ * server subscribed and pushed, and the durable delivery work (outbox messages, queued
+ * deliveries, dead letters) with their leases. Plain data, as stored in Deno KV; the store
+ * (lib/store/) reads and writes them, delivery (lib/delivery/) works on them.
+ *
+ * @module
+ */
+
+import type { Target, TransportId } from "./transports/types.ts";
+
+export type { Target, TransportId };
+
+/** A device as registered through `POST /registrations` (README "The client API"). */
+export interface Registration {
+  clientId: string;
+  target: Target;
+  createdAt: number;
+  /** The Web Push ingress push resource, when the client asked for one. */
+  ingress?: { id: string; vapidPublicKey?: string };
+}
+
+/** One (app, topic, client) subscription. */
+export interface SubscriptionValue {
+  /** Epoch ms after which the subscription is void (CC/CD 70025 §6.2.2.1). */
+  exp: number;
+  tr: TransportId;
+}
+
+/** A subscriber of a topic, as a fan-out reads it. */
+export interface Subscriber {
+  clientId: string;
+  value: SubscriptionValue;
+}
+
+/** One validated push message (CC/CD 70025 §6.1.3). */
+export interface PushMessage {
+  topic: string;
+  priority: number;
+  /** RFC 3339 UTC. */
+  timestamp: string;
+  clientId?: string;
+}
+
+/**
+ * A claim on outbox or queue work. Valid while `until` lies ahead and the owner's heartbeat
+ * (`WorkerBeat`) is fresh; `owner: ""` is unclaimed.
+ */
+export interface Lease {
+  owner: string;
+  until: number;
+}
+
+/** No one holds the work: anyone may claim it. */
+export const FREE_LEASE: Lease = { owner: "", until: 0 };
+
+/** A worker's heartbeat. */
+export interface WorkerBeat {
+  /** The worker counts as alive until then. */
+  until: number;
+}
+
+/** A heartbeat to write, with the owner it belongs to. */
+export interface Beat {
+  owner: string;
+  value: WorkerBeat;
+}
+
+/** Latest timestamp and highest priority of the updates merged for one origin. */
+export interface Aggregate {
+  /** RFC 3339 UTC, the latest. */
+  timestamp: string;
+  /** `timestamp` in epoch ms, for comparison. */
+  ms: number;
+  priority: number;
+}
+
+/** A coalesced trailing update (CC/CD 70025 §8.3), fanned out once its window closes. */
+export interface TrailingUpdate {
+  /** Merged updates by originating `client-id` ("" for messages without one). */
+  byOrigin: Record<string, Aggregate>;
+  /** The client-id of the window's first message, if it had one. */
+  opener?: string;
+  /** What the opener gets: updates after its own first one, none of its own. */
+  openerAgg?: Aggregate;
+}
+
+/** The open coalescing window of (app, topic). */
+export interface CoalesceWindow {
+  openedAt: number;
+  /** Updates before this are merged into `trailing`. */
+  until: number;
+  /** `client-id` of the opening message: that client has not had an update yet. */
+  opener?: string;
+  /** True once the opener got an update of this window (or there is no opener). */
+  openerServed: boolean;
+  /** Outbox id of the trailing update, once something was merged. */
+  trailing: string | null;
+}
+
+/** A pushed message waiting for (or in) fan-out. */
+export interface OutboxMessage {
+  id: string;
+  app: string;
+  topic: string;
+  /** RFC 3339 UTC. */
+  timestamp: string;
+  priority: number;
+  clientId?: string;
+  createdAt: number;
+  /** After this the message is not worth delivering (createdAt + TTL). */
+  expiresAt: number;
+  /** Last client id fanned out to; null before the first page. */
+  cursor: string | null;
+  lease: Lease;
+  /** Deliver to this one subscriber only (a window's opener, see `CoalesceWindow`). */
+  only?: string;
+  /** Not to be fanned out before this time (a trailing update waits for its window). */
+  notBefore?: number;
+  /** Set on a trailing update: each subscriber's payload is computed from it. */
+  trailing?: TrailingUpdate;
+}
+
+/** What a queued delivery sends: a relay payload, or an already-encrypted ingress body. */
+export type StoredPayload =
+  | { kind: "json"; data: Record<string, unknown> }
+  | { kind: "encrypted"; body: Uint8Array };
+
+/** One delivery to one client, waiting in the delivery queue. */
+export interface QueuedDelivery {
+  id: string;
+  dueAt: number;
+  clientId: string;
+  reason: "ack" | "retry" | "trailing" | "ingress";
+  payload: StoredPayload;
+  priority: number;
+  /** The TTL a first attempt carries (RFC 8030 §5.2). */
+  ttl: number;
+  collapseKey?: string;
+  attempts: number;
+  createdAt: number;
+  expiresAt: number;
+  lease?: Lease;
+  lastError?: string;
+}
+
+/**
+ * A delivery given up on (too many attempts, past its TTL, or refused for good), kept and
+ * counted rather than dropped. `clientId: ""` with `remainingAfter` marks a fan-out whose
+ * message expired before it reached every subscriber (those after that cursor).
+ */
+export interface DeadLetter extends Omit<QueuedDelivery, "lease"> {
+  deadAt: number;
+  why: string;
+  remainingAfter?: string | null;
+}
+
+/** A KV entry that exists: its key, value and versionstamp. */
+export type Entry<T> = { key: Deno.KvKey; value: T; versionstamp: string };

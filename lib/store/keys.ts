@@ -1,0 +1,71 @@
+/**
+ * Every Deno KV key the relay writes, built here and nowhere else. The layout:
+ *
+ * | key | value | written by |
+ * |---|---|---|
+ * | `["meta", name]` | generated secrets and keys, kept across restarts | meta.ts |
+ * | `["reg", clientId]` | `Registration` | registrations.ts |
+ * | `["regt", targetHash]` | clientId: one client per device | registrations.ts |
+ * | `["sub", app, topic, clientId]` | `SubscriptionValue` (fan-out reads this prefix) | subscriptions.ts |
+ * | `["subc", clientId, app, topic]` | expiry: every subscription of a client | subscriptions.ts |
+ * | `["subx", expiresAt, app, topic, clientId]` | null: the expiry sweep (CC/CD 70025 §6.2.1.6) | subscriptions.ts |
+ * | `["stat", "subscriptions"]` | `Deno.KvU64`: how many `sub` records exist, kept in the atomics that write them | subscriptions.ts |
+ * | `["outbox", id]` | `OutboxMessage`: one pushed message (or trailing update), its fan-out cursor and lease; ids are time-ordered | outbox.ts |
+ * | `["cw", app, topic]` | `CoalesceWindow`: the open coalescing window of a topic (CC/CD 70025 §8.3) | outbox.ts |
+ * | `["dq", dueAt, id]` | `QueuedDelivery`: one delivery to one client (acks, retries, ingress) | queue.ts, outbox.ts |
+ * | `["dead", id]` | `DeadLetter`, kept for 7 days | queue.ts, outbox.ts |
+ * | `["worker", owner]` | `WorkerBeat`: a process's heartbeat; its leases are valid while it beats | workers.ts |
+ * | `["ingress", id]` | the client behind a Web Push ingress id, and whether it is gone | registrations.ts |
+ * | `["ingress-topic", clientId, topic]` | when the newest ingress message with that RFC 8030 `Topic` was accepted | ingress.ts |
+ * | `["rl", subject, minute]` | hits counted in one rate-limit window | limits.ts |
+ *
+ * Expiry is stored in values and checked on read: KV's `expireIn` only collects garbage (it
+ * lags by up to a minute locally).
+ *
+ * @module
+ */
+
+export const keys = {
+  meta: (name: string) => ["meta", name],
+
+  registration: (clientId: string) => ["reg", clientId],
+  registrationByTarget: (targetHash: string) => ["regt", targetHash],
+
+  subscription: (app: string, topic: string, clientId: string) => ["sub", app, topic, clientId],
+  /** Prefix of every subscription of (app, topic), in client-id order. */
+  topicSubscriptions: (app: string, topic: string) => ["sub", app, topic],
+  clientSubscription: (
+    clientId: string,
+    app: string,
+    topic: string,
+  ) => ["subc", clientId, app, topic],
+  /** Prefix of every subscription of a client. */
+  clientSubscriptions: (clientId: string) => ["subc", clientId],
+  subscriptionExpiry: (
+    exp: number,
+    app: string,
+    topic: string,
+    clientId: string,
+  ) => ["subx", exp, app, topic, clientId],
+  /** The first `subx` key, and the first after every expiry at or before `now`. */
+  expiriesUntil: (now: number) => ({ start: ["subx"], end: ["subx", now + 1] }),
+  subscriptionCount: ["stat", "subscriptions"],
+
+  outbox: (id: string) => ["outbox", id],
+  outboxAll: ["outbox"],
+  window: (app: string, topic: string) => ["cw", app, topic],
+
+  delivery: (dueAt: number, id: string) => ["dq", dueAt, id],
+  deliveriesAll: ["dq"],
+  /** Every queued delivery due at or before `now`. */
+  deliveriesDue: (now: number) => ({ start: ["dq"], end: ["dq", now + 1] }),
+  deadLetter: (id: string) => ["dead", id],
+  deadLettersAll: ["dead"],
+
+  worker: (owner: string) => ["worker", owner],
+
+  ingress: (id: string) => ["ingress", id],
+  ingressTopic: (clientId: string, topic: string) => ["ingress-topic", clientId, topic],
+
+  rateLimit: (subject: string, window: number) => ["rl", subject, window],
+} as const;

@@ -1,0 +1,296 @@
+/**
+ * Subscriptions: `["sub", app, topic, clientId]` (what a fan-out reads, in client-id order),
+ * with two indexes written in the same atomics, `["subc", clientId, app, topic]` (every
+ * subscription of a client, for pruning) and `["subx", exp, app, topic, clientId]` (the expiry
+ * sweep), and a counter of `sub` records (`["stat", "subscriptions"]`) so `/metrics` reads one
+ * key instead of scanning.
+ *
+ * Each subscription's record is checked in the atomic that changes it, so the counter stays
+ * exact when two writers race; batches stay within KV's 100 checks per atomic and its key-size
+ * budget whatever the topics' lengths.
+ *
+ * @module
+ */
+
+import { StorageError } from "../errors.ts";
+import type { Entry, Subscriber, SubscriptionValue, TransportId } from "../model.ts";
+import { keys } from "./keys.ts";
+import { GC_MARGIN_MS, type Kv, sizedBatches, untilCommitted, utf8Length } from "./kv.ts";
+
+const U64 = 1n << 64n;
+
+/** Adds `delta` (which may be negative: KV's sum on a KvU64 wraps modulo 2^64) to the count. */
+function addToCount(op: Deno.AtomicOperation, delta: number): void {
+  if (delta === 0) return;
+  const d = BigInt(delta);
+  op.sum(keys.subscriptionCount, d > 0n ? d : U64 + d);
+}
+
+/** Subscriptions per atomic where each is checked: KV allows 100 checks per atomic. */
+const CHECKED_PER_ATOMIC = 100;
+/** Subscriptions listed per round when removing a client (3 or 4 mutations each). */
+const LISTED_PER_ROUND = 200;
+/**
+ * Key bytes per atomic we allow ourselves: KV refuses more than 80 KiB of keys in one atomic,
+ * and a subscription touches up to 4 keys that each repeat app, topic (up to 256 characters,
+ * 1 KiB of UTF-8) and client id.
+ */
+const KEY_BYTES_PER_ATOMIC = 60_000;
+
+/** Estimated key bytes of one subscription's keys (sub, subc, subx, and an old subx). */
+function keyBytes(app: string, topic: string, clientId: string): number {
+  return 4 * (utf8Length(app) + utf8Length(topic) + utf8Length(clientId) + 32);
+}
+
+/** Batches of checked subscription writes: 100 checks, key bytes with a quarter of headroom. */
+function checkedBatches<T>(items: readonly T[], key: (item: T) => [string, string, string]) {
+  return sizedBatches(
+    items,
+    (i) => (keyBytes(...key(i)) * 5) / 4,
+    KEY_BYTES_PER_ATOMIC,
+    CHECKED_PER_ATOMIC,
+  );
+}
+
+interface ActiveWaiter {
+  now: number;
+  resolve: (active: boolean) => void;
+  reject: (err: unknown) => void;
+}
+
+export class SubscriptionStore {
+  /** Callers waiting for the next shared read of a topic (see `hasActiveSubscriber`). */
+  private readonly activeReads = new Map<string, ActiveWaiter[]>();
+
+  constructor(private readonly kv: Kv) {}
+
+  /**
+   * Creates or refreshes (app, topic, client) with expiry `exp` for every topic (CC/CD 70025
+   * §6.1.2: other subscriptions are untouched). Returns the topics that had no active
+   * subscription before (new pairs).
+   */
+  async upsert(
+    app: string,
+    clientId: string,
+    transport: TransportId,
+    topics: string[],
+    exp: number,
+    now: number,
+  ): Promise<string[]> {
+    const expireIn = Math.max(1, exp - now) + GC_MARGIN_MS;
+    const batches = await this.checkedWrite(app, clientId, topics, "record", (op, chunk, old) => {
+      const fresh: string[] = [];
+      let added = 0;
+      chunk.forEach((topic, j) => {
+        const e = old[j]!;
+        op.check(e);
+        if (e.value) op.delete(keys.subscriptionExpiry(e.value.exp, app, topic, clientId));
+        else added++;
+        if (!e.value || e.value.exp <= now) fresh.push(topic);
+        const value: SubscriptionValue = { exp, tr: transport };
+        op.set(keys.subscription(app, topic, clientId), value, { expireIn })
+          .set(keys.clientSubscription(clientId, app, topic), exp, { expireIn })
+          .set(keys.subscriptionExpiry(exp, app, topic, clientId), null, { expireIn });
+      });
+      addToCount(op, added);
+      return fresh;
+    });
+    return batches.flat();
+  }
+
+  /** Removes (app, topic, client) for every topic (CC/CD 70025 §5.2.2 unsubscribe). */
+  async remove(app: string, clientId: string, topics: string[]): Promise<number> {
+    const batches = await this.checkedWrite(app, clientId, topics, "remove", (op, chunk, old) => {
+      let n = 0;
+      chunk.forEach((topic, j) => {
+        const e = old[j]!;
+        if (!e.value) return;
+        n++;
+        // Checked, so that a racing removal does not count the same subscription twice.
+        op.check(e).delete(keys.subscription(app, topic, clientId))
+          .delete(keys.clientSubscription(clientId, app, topic))
+          .delete(keys.subscriptionExpiry(e.value.exp, app, topic, clientId));
+      });
+      if (n === 0) return null;
+      addToCount(op, -n);
+      return n;
+    });
+    return batches.reduce((sum, n) => sum + n, 0);
+  }
+
+  /**
+   * Read-modify-write of one client's subscriptions to `topics`, in checked batches. `plan`
+   * adds a batch's mutations to `op` and returns what to report once it commits (null: nothing
+   * to write); a batch whose checks failed is read and planned again.
+   */
+  private async checkedWrite<R>(
+    app: string,
+    clientId: string,
+    topics: string[],
+    what: "record" | "remove",
+    plan: (
+      op: Deno.AtomicOperation,
+      chunk: string[],
+      existing: Deno.KvEntryMaybe<SubscriptionValue>[],
+    ) => R | null,
+  ): Promise<R[]> {
+    const results: R[] = [];
+    for (const chunk of checkedBatches(topics, (t) => [app, t, clientId])) {
+      const result = await untilCommitted(async () => {
+        const existing = await this.kv.getMany<SubscriptionValue>(
+          chunk.map((t) => keys.subscription(app, t, clientId)),
+        );
+        const op = this.kv.atomic();
+        const planned = plan(op, chunk, existing);
+        if (planned === null) return { planned };
+        return (await this.kv.commit(op)) ? { planned } : undefined;
+      }, () => {
+        throw new StorageError(`Cannot ${what} the subscriptions: too much contention`);
+      });
+      if (result.planned !== null) results.push(result.planned);
+    }
+    return results;
+  }
+
+  /**
+   * Removes every subscription of a client, in checked atomics, and returns the (app, topic)
+   * pairs it removed. A racing removal of the same client never counts one twice.
+   */
+  async removeAllOf(clientId: string): Promise<{ app: string; topic: string }[]> {
+    const removed: { app: string; topic: string }[] = [];
+    while (true) {
+      const batch = await this.kv.listAll<number>(
+        { prefix: keys.clientSubscriptions(clientId) },
+        LISTED_PER_ROUND,
+      ) as Entry<number>[];
+      if (batch.length === 0) break;
+      for (const chunk of checkedBatches(batch, (e) => [appOf(e), topicOf(e), clientId])) {
+        const op = this.kv.atomic();
+        for (const e of chunk) {
+          const [app, topic] = [appOf(e), topicOf(e)];
+          // When the check fails, the next round of the loop lists what is left.
+          op.check(e).delete(e.key).delete(keys.subscription(app, topic, clientId))
+            .delete(keys.subscriptionExpiry(e.value, app, topic, clientId));
+        }
+        addToCount(op, -chunk.length);
+        if (await this.kv.commit(op)) {
+          for (const e of chunk) removed.push({ app: appOf(e), topic: topicOf(e) });
+        }
+      }
+    }
+    return removed;
+  }
+
+  /**
+   * How many subscriptions are stored (active ones, plus expired ones the sweep has not
+   * reached yet): one read of a counter kept in the same atomics as the records, never a scan.
+   */
+  async count(): Promise<number> {
+    const e = await this.kv.get<Deno.KvU64>(keys.subscriptionCount);
+    const v = e.value?.value ?? 0n;
+    // A wrapped (negative) count could only come from records KV's expiry collected before the
+    // sweep saw them; report 0 rather than 2^64 - n.
+    return v >= U64 / 2n ? 0 : Number(v);
+  }
+
+  /**
+   * True when (app, topic) has at least one unexpired subscription. Concurrent calls for one
+   * topic share a read that starts after all of them were made (so none sees older data than a
+   * read of its own would) instead of one read each: under load every KV read waits for the
+   * commit in progress.
+   */
+  hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
+    const key = `${app}\u0000${topic}`;
+    return new Promise<boolean>((resolve, reject) => {
+      const waiter = { now, resolve, reject };
+      const running = this.activeReads.get(key);
+      if (running) running.push(waiter);
+      else {
+        this.activeReads.set(key, []);
+        void this.readActive(key, app, topic, [waiter]);
+      }
+    });
+  }
+
+  private async readActive(key: string, app: string, topic: string, batch: ActiveWaiter[]) {
+    try {
+      const latest = Math.max(...batch.map((w) => w.now));
+      let maxExp = -Infinity;
+      const prefix = keys.topicSubscriptions(app, topic);
+      for await (const e of this.kv.list<SubscriptionValue>({ prefix }, { batchSize: 100 })) {
+        maxExp = Math.max(maxExp, e.value.exp);
+        if (maxExp > latest) break;
+      }
+      for (const w of batch) w.resolve(maxExp > w.now);
+    } catch (err) {
+      for (const w of batch) w.reject(err);
+    }
+    const next = this.activeReads.get(key) ?? [];
+    if (next.length === 0) this.activeReads.delete(key);
+    else {
+      this.activeReads.set(key, []);
+      void this.readActive(key, app, topic, next);
+    }
+  }
+
+  /** One page of a topic's subscribers in client-id order, after `after`. Includes expired ones. */
+  async page(
+    app: string,
+    topic: string,
+    after: string | null,
+    limit: number,
+  ): Promise<Subscriber[]> {
+    const prefix = keys.topicSubscriptions(app, topic);
+    const selector: Deno.KvListSelector = after === null
+      ? { prefix }
+      : { prefix, start: [...prefix, `${after}\u0000`] };
+    const out: Subscriber[] = [];
+    for await (const e of this.kv.list<SubscriptionValue>(selector, { limit, batchSize: limit })) {
+      out.push({ clientId: e.key[3] as string, value: e.value });
+    }
+    return out;
+  }
+
+  /** One subscription of a topic, for a fan-out restricted to one client. */
+  async get(app: string, topic: string, clientId: string): Promise<Subscriber | null> {
+    const e = await this.kv.get<SubscriptionValue>(keys.subscription(app, topic, clientId));
+    return e.value ? { clientId, value: e.value } : null;
+  }
+
+  /**
+   * Removes up to `limit` subscriptions whose expiry has passed (CC/CD 70025 §6.2.1.6 MUST),
+   * in atomics of at most 100 subscriptions (one check and three deletes each). Idempotent; a
+   * subscription refreshed meanwhile keeps its record and only loses the stale index entry.
+   * Returns how many subscriptions it removed; what contention leaves is the next run's.
+   */
+  async sweepExpired(now: number, limit: number): Promise<number> {
+    const due = await this.kv.listAll<null>(keys.expiriesUntil(now), limit);
+    let removed = 0;
+    for (let i = 0; i < due.length; i += CHECKED_PER_ATOMIC) {
+      const chunk = due.slice(i, i + CHECKED_PER_ATOMIC);
+      removed += await untilCommitted(async () => {
+        const current = await this.kv.getMany<SubscriptionValue>(chunk.map((e) => {
+          const [, , app, topic, clientId] = e.key as [string, number, string, string, string];
+          return keys.subscription(app, topic, clientId);
+        }));
+        const op = this.kv.atomic();
+        let n = 0;
+        chunk.forEach((e, j) => {
+          const [, exp, app, topic, clientId] = e.key as [string, number, string, string, string];
+          op.delete(e.key);
+          const sub = current[j];
+          if (sub?.value && sub.value.exp === exp) {
+            op.check(sub).delete(sub.key).delete(keys.clientSubscription(clientId, app, topic));
+            n++;
+          }
+        });
+        addToCount(op, -n);
+        return (await this.kv.commit(op)) ? n : undefined;
+      }, () => 0);
+    }
+    return removed;
+  }
+}
+
+const appOf = (e: Entry<number>) => e.key[2] as string;
+const topicOf = (e: Entry<number>) => e.key[3] as string;
