@@ -1,9 +1,9 @@
 /**
- * The CalDAV bridge (CONTRACT §6): a small DAV-Push application server (CC/CD 70025 §4.1) in
- * front of an existing CalDAV server. It advertises the DAV-Push properties (§6.2.1), forwards
- * clients' subscriptions to the relay (§5.3), passes clients' writes upstream and pushes the
- * collection's topic with their `Push-Client-Id` (§7.1), and polls the upstream for everyone
- * else's changes.
+ * The CalDAV bridge (README, "The CalDAV bridge"): a small DAV-Push application server
+ * (CC/CD 70025 §4.1) in front of an existing CalDAV server. It advertises the DAV-Push
+ * properties (§6.2.1), forwards clients' subscriptions to the relay (§5.3), passes clients'
+ * writes upstream and pushes the collection's topic with their `Push-Client-Id` (§7.1), and
+ * polls the upstream for everyone else's changes.
  *
  * `createBridge(deps)` takes everything from outside (config, fetch, clock, logger), so tests
  * drive it with `app.request()` and a fake upstream and relay.
@@ -20,23 +20,24 @@ import {
   invalidTopics,
   invalidTopicsXml,
   isUnsubscribe,
+  MAX_SUBSCRIBE_BYTES,
   multistatusXml,
   parsePropfind,
   parseSubscribe,
   propfindResponse,
   PUSH,
   type PushTransport,
-} from "../lib/dav_push.ts";
+} from "../dav/dav_push.ts";
 import {
   clientIdFromHeader,
   GatewayClient,
   GatewayError,
   TopicGatewayMap,
-} from "../lib/gateway_client.ts";
-import { type Logger, silentLogger } from "../lib/log.ts";
-import { XmlError, type XmlNode } from "../lib/xml.ts";
+} from "../dav/gateway_client.ts";
+import { XmlError, type XmlNode } from "../dav/xml.ts";
 import { canonicalPath, UpstreamError } from "./caldav.ts";
 import type { BridgeCollection, BridgeConfig } from "./config.ts";
+import { type Logger, silentLogger } from "./log.ts";
 import { CollectionWatcher } from "./watcher.ts";
 
 /** What {@linkcode createBridge} needs. */
@@ -68,7 +69,6 @@ export interface Bridge {
 }
 
 const XML = "application/xml; charset=utf-8";
-const SUBSCRIBE_LIMIT = 64 * 1024;
 const PROPFIND_LIMIT = 64 * 1024;
 const WRITE_LIMIT = 16 * 1024 * 1024;
 // Upstream answer headers a client of a write needs; hop-by-hop headers are not passed on.
@@ -138,12 +138,12 @@ export function createBridge(deps: BridgeDeps): Bridge {
    */
   async function pushTopic(c: BridgeCollection, clientId: string | undefined): Promise<void> {
     const before = pending.get(c.index);
-    // §6.1.3 (A-11): merged with another client's change, the message carries no client-id.
+    // §6.1.3: merged with another client's change, the message carries no client-id.
     if (before && before.clientId !== clientId) clientId = undefined;
     const entry: PendingPush = { clientId, inFlight: true };
     pending.set(c.index, entry);
     if (!gateway.shouldPush(c.topic)) {
-      // §6.1.3 (A-9): the relay said nobody listens; wait for a new subscription.
+      // §6.1.3: the relay said nobody listens; wait for a new subscription.
       logger.log("debug", "push-skipped", { collection: c.index, reason: "no-subscribers" });
       pending.delete(c.index);
       return;
@@ -263,10 +263,10 @@ export function createBridge(deps: BridgeDeps): Bridge {
   // CC/CD 70025 §5.2.3.2, §6.2.2: subscribe; forwarded per §5.3.
   app.post(
     "/subscribe",
-    bodyLimit({ maxSize: SUBSCRIBE_LIMIT, onError: tooLarge(SUBSCRIBE_LIMIT) }),
+    bodyLimit({ maxSize: MAX_SUBSCRIBE_BYTES, onError: tooLarge(MAX_SUBSCRIBE_BYTES) }),
     async (c) => {
       const body = new Uint8Array(await c.req.arrayBuffer());
-      const sub = parseSubscribe(body, { maxBytes: SUBSCRIBE_LIMIT });
+      const sub = parseSubscribe(body, { maxBytes: MAX_SUBSCRIBE_BYTES });
       // §5.2.3.2 MUST: one invalid topic fails the whole request, and nothing is forwarded.
       const refused = invalidTopics(sub.topics, (t) => topics.has(t));
       if (refused.length > 0) {
@@ -275,7 +275,7 @@ export function createBridge(deps: BridgeDeps): Bridge {
       }
       const unsubscribe = isUnsubscribe(sub, new Date(now()));
       try {
-        // §5.2.2 (A-4): a past expires is forwarded too; the relay unsubscribes.
+        // §5.2.2: a past expires is forwarded too; the relay unsubscribes.
         await gateway.subscribe(sub);
       } catch (err) {
         if (err instanceof GatewayError && (err.status === 400 || err.status === 403)) {
@@ -297,8 +297,8 @@ export function createBridge(deps: BridgeDeps): Bridge {
     },
   );
 
-  // CONTRACT §6: writes pass through with the client's own credentials; the collection's
-  // topic is pushed at once with the writer's Push-Client-Id (§7.1 SHOULD).
+  // README, "The CalDAV bridge": writes pass through with the client's own credentials; the
+  // collection's topic is pushed at once with the writer's Push-Client-Id (§7.1 SHOULD).
   const write = async (c: Context) => {
     const col = collectionOf(c.req.param("n") ?? "");
     if (!col) return c.text("Not found", 404);

@@ -7,7 +7,17 @@
  * @module
  */
 
-import { childElement, childElements, NS, parseXml, type XmlElement } from "../lib/xml.ts";
+import { statusCode } from "../dav/dav_push.ts";
+import {
+  childElement,
+  childElements,
+  clark,
+  el,
+  NS,
+  parseXml,
+  serializeXml,
+  type XmlElement,
+} from "../dav/xml.ts";
 
 /** How to reach one upstream collection. */
 export interface Upstream {
@@ -36,9 +46,18 @@ export interface Change {
   etag: string | null;
 }
 
-const D = (local: string) => `{${NS.DAV}}${local}`;
+const D = (local: string) => clark(NS.DAV, local);
+const GETCTAG = clark(NS.CS, "getctag");
 // Responses can be large (a whole collection's ETags); bounded all the same.
 const RESPONSE_LIMITS = { maxBytes: 64 * 1024 * 1024, maxDepth: 64, maxElements: 2_000_000 };
+// The two PROPFIND bodies never change: the collection's state (RFC 6578 §4 sync-token, the
+// CalendarServer ctag), and its members' ETags.
+const STATE_PROPFIND = serializeXml(
+  el(D("propfind"), el(D("prop"), el(D("sync-token")), el(GETCTAG))),
+);
+const MEMBERS_PROPFIND = serializeXml(
+  el(D("propfind"), el(D("prop"), el(D("getetag")), el(D("resourcetype")))),
+);
 
 /**
  * The canonical form of a member href: the absolute path, each segment percent-decoded and
@@ -102,11 +121,6 @@ function parseMultistatus(up: Upstream, text: string): XmlElement {
   return root;
 }
 
-function statusCode(line: string | undefined): number | undefined {
-  const m = /^\s*HTTP\/\d(?:\.\d)?\s+(\d{3})/.exec(line ?? "");
-  return m ? Number(m[1]) : undefined;
-}
-
 /** The 2xx-propstat value of `name` in a `D:response`, if any. */
 function okProp(response: XmlElement, name: string): XmlElement | undefined {
   for (const ps of childElements(response, D("propstat"))) {
@@ -126,8 +140,7 @@ export async function collectionState(
     up,
     "PROPFIND",
     { depth: "0" },
-    `<?xml version="1.0" encoding="UTF-8"?><D:propfind xmlns:D="DAV:" xmlns:CS="${NS.CS}">` +
-      `<D:prop><D:sync-token/><CS:getctag/></D:prop></D:propfind>`,
+    STATE_PROPFIND,
   );
   if (res.status !== 207) {
     throw new UpstreamError(`Upstream ${up.url} answered PROPFIND with ${res.status}`, res.status);
@@ -140,7 +153,7 @@ export async function collectionState(
     const href = childElement(r, D("href"))?.text;
     if (href !== undefined && canonicalPath(href, up.url) !== self) continue;
     syncToken ??= okProp(r, D("sync-token"))?.text.trim() || undefined;
-    ctag ??= okProp(r, `{${NS.CS}}getctag`)?.text.trim() || undefined;
+    ctag ??= okProp(r, GETCTAG)?.text.trim() || undefined;
   }
   return { syncToken, ctag };
 }
@@ -152,10 +165,6 @@ export type SyncResult =
   | { kind: "invalid-token" }
   /** The server does not do sync-collection on this collection. */
   | { kind: "unsupported"; status: number };
-
-function escapeText(s: string): string {
-  return s.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;");
-}
 
 /**
  * Changes since `token` (RFC 6578 §3.2, `DAV:sync-level` 1), following truncated answers
@@ -169,9 +178,14 @@ export async function syncCollection(up: Upstream, token: string): Promise<SyncR
       up,
       "REPORT",
       { depth: "0" },
-      `<?xml version="1.0" encoding="UTF-8"?><D:sync-collection xmlns:D="DAV:">` +
-        `<D:sync-token>${escapeText(token)}</D:sync-token><D:sync-level>1</D:sync-level>` +
-        `<D:prop><D:getetag/></D:prop></D:sync-collection>`,
+      serializeXml(
+        el(
+          D("sync-collection"),
+          el(D("sync-token"), token),
+          el(D("sync-level"), "1"),
+          el(D("prop"), el(D("getetag"))),
+        ),
+      ),
     );
     if ((res.status === 403 || res.status === 409) && res.text.includes("valid-sync-token")) {
       return { kind: "invalid-token" };
@@ -217,8 +231,7 @@ export async function listEtags(up: Upstream): Promise<Map<string, string>> {
     up,
     "PROPFIND",
     { depth: "1" },
-    `<?xml version="1.0" encoding="UTF-8"?><D:propfind xmlns:D="DAV:">` +
-      `<D:prop><D:getetag/><D:resourcetype/></D:prop></D:propfind>`,
+    MEMBERS_PROPFIND,
   );
   if (res.status !== 207) {
     throw new UpstreamError(`Upstream ${up.url} answered PROPFIND with ${res.status}`, res.status);

@@ -1,5 +1,6 @@
 /**
- * The bridge's configuration (CONTRACT §6): the only reader of the `BRIDGE_*` environment.
+ * The bridge's configuration (README, "The CalDAV bridge"): the only reader of the `BRIDGE_*`
+ * environment.
  *
  * Credentials in a collection URL's user-info are split off here and kept apart from the URL,
  * so that nothing downstream can log them by accident.
@@ -7,9 +8,17 @@
  * @module
  */
 
-import { encodeBase64Url } from "../lib/encoding.ts";
-
 const encoder = new TextEncoder();
+
+/** RFC 4648 §4 base64 (`btoa` takes one character per byte). */
+function base64(bytes: Uint8Array): string {
+  return btoa(String.fromCharCode(...bytes));
+}
+
+/** RFC 4648 §5 base64url, without padding. */
+function base64Url(bytes: Uint8Array): string {
+  return base64(bytes).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
 
 /** One watched CalDAV collection. */
 export interface BridgeCollection {
@@ -42,10 +51,10 @@ export interface BridgeConfig {
 }
 
 /**
- * A collection's topic (CONTRACT §6): base64url(HMAC-SHA-256(key = the relay token, the
- * collection URL without credentials)) cut to 22 characters (132 bits). Stable across
- * restarts, and it reveals neither the URL nor any user name (CC/CD 70025 §4.1: topics carry
- * no user data or plain URLs; §6.2.1.7: no collisions across installations).
+ * A collection's topic: base64url(HMAC-SHA-256(key = the relay token, the collection URL
+ * without credentials)) cut to 22 characters (132 bits). Stable across restarts, and it reveals
+ * neither the URL nor any user name (CC/CD 70025 §4.1: topics carry no user data or plain URLs;
+ * §6.2.1.7: no collisions across installations).
  */
 export async function collectionTopic(relayToken: string, collectionUrl: string): Promise<string> {
   const key = await crypto.subtle.importKey(
@@ -56,7 +65,7 @@ export async function collectionTopic(relayToken: string, collectionUrl: string)
     ["sign"],
   );
   const mac = await crypto.subtle.sign("HMAC", key, encoder.encode(collectionUrl));
-  return encodeBase64Url(new Uint8Array(mac)).slice(0, 22);
+  return base64Url(new Uint8Array(mac)).slice(0, 22);
 }
 
 /** Splits a collection URL into the credential-free URL (ending in `/`) and Basic auth. */
@@ -85,7 +94,7 @@ export function splitCredentials(raw: string, index: number): {
     } catch {
       throw new Error(`BRIDGE_COLLECTIONS entry ${index} has badly percent-encoded credentials`);
     }
-    authorization = "Basic " + btoa(String.fromCharCode(...encoder.encode(`${user}:${pass}`)));
+    authorization = "Basic " + base64(encoder.encode(`${user}:${pass}`));
     url.username = "";
     url.password = "";
   }
@@ -121,7 +130,7 @@ function baseUrl(name: string, value: string): string {
 }
 
 /**
- * Reads and validates the bridge's settings from `env` (CONTRACT §6).
+ * Reads and validates the bridge's settings from `env`.
  *
  * @throws {Error} naming the offending variable (never a credential or the relay token)
  */

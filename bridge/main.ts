@@ -1,13 +1,14 @@
 /**
- * `deno task bridge`: runs the CalDAV bridge (CONTRACT §6) with settings from `BRIDGE_*`.
+ * `deno task bridge`: runs the CalDAV bridge (README, "The CalDAV bridge") with settings from
+ * `BRIDGE_*`.
  * `BRIDGE_PORT=0` picks a free port; the `listening` log line says which.
  *
  * @module
  */
 
-import { consoleLogger } from "../lib/log.ts";
 import { createBridge } from "./app.ts";
 import { loadBridgeConfig } from "./config.ts";
+import { consoleLogger } from "./log.ts";
 
 const logger = consoleLogger();
 const env = Deno.env.toObject();

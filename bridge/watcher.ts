@@ -5,9 +5,9 @@
  *
  * The watcher also remembers the writes that went through the bridge (and were pushed at once
  * with the writer's `Push-Client-Id`, CC/CD 70025 §7.1), so the next poll does not push them
- * again, while a change by anyone else in the same window still is (CONTRACT §6). Polls and
- * forwarded writes of one collection run one at a time, so a poll never sees a bridge write
- * before the write is recorded.
+ * again, while a change by anyone else in the same window still is. Polls and forwarded writes
+ * of one collection run one at a time, so a poll never sees a bridge write before the write is
+ * recorded.
  *
  * @module
  */

@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { createBridge } from "../bridge/app.ts";
 import { collectionTopic, loadBridgeConfig } from "../bridge/config.ts";
-import { memoryLogger } from "../lib/log.ts";
-import { childElement, childElements, parseXml } from "../lib/xml.ts";
-import { parseDiscovery, PUSH } from "../lib/dav_push.ts";
+import { memoryLogger } from "../bridge/log.ts";
+import { parseDiscovery, PUSH } from "../dav/dav_push.ts";
+import { childElement, childElements, parseXml } from "../dav/xml.ts";
 
 // ---------------------------------------------------------------------------------------------
 // A fake CalDAV collection at /cal/ (sync-token, getctag and ETag listing can be switched off)
@@ -188,7 +188,7 @@ async function setup(upstreamOptions: FakeUpstreamOptions = {}) {
       await bridge.stop();
       await upstream.close();
       await relay.close();
-      // CONTRACT §6: polling credentials never reach a log line.
+      // README, "The CalDAV bridge": polling credentials are never logged.
       const logged = JSON.stringify(logger.lines);
       assert.doesNotMatch(logged, /p%40ss|p@ss|poller|cG9sbGVy/);
       assert.doesNotMatch(logged, new RegExp(TOKEN));
@@ -214,7 +214,7 @@ function subscribeBody(topics: string[], expires = IN_A_DAY, prefix = "P") {
 // ---------------------------------------------------------------------------------------------
 // Configuration
 
-Deno.test("CONTRACT §6 topic is base64url(HMAC-SHA-256(relay token, URL without credentials)) cut to 22", async () => {
+Deno.test("a collection's topic is base64url(HMAC-SHA-256(relay token, URL without credentials)) cut to 22", async () => {
   const config = await loadBridgeConfig({
     BRIDGE_COLLECTIONS: "https://alice:secret@dav.example/cal/work, https://dav.example/cal/home/",
     BRIDGE_RELAY_TOKEN: TOKEN,
@@ -503,7 +503,7 @@ Deno.test("§7.1 a write through the bridge pushes the topic at once with the Pu
   assert.equal(message!["client-id"], "c-5e0a17");
   assert.match(String(message!.timestamp), /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
 
-  // CONTRACT §6: the next poll does not push that write again.
+  // The next poll does not push that write again.
   await t.bridge.pollOnce();
   assert.equal(t.relay.pushes().length, 1);
 });
@@ -679,13 +679,13 @@ Deno.test("a failed push of a bridge write is retried with its client-id; merged
   t.relay.onPush(() => Response.json({ "push-response": {} }));
   t.upstream.put("other.ics");
   await t.bridge.pollOnce();
-  // §6.1.3 (A-11): a message that merges changes of different clients has no client-id.
+  // §6.1.3: a message that merges changes of different clients has no client-id.
   assert.deepEqual(t.relay.pushes().map((p) => p[0]!["client-id"]), ["me", "me", "me", undefined]);
   await t.bridge.pollOnce();
   assert.equal(t.relay.pushes().length, 4);
 });
 
-Deno.test("§6.1.3 (A-9) after no-subscribers the topic is not pushed until a client subscribes", async () => {
+Deno.test("§6.1.3 after no-subscribers the topic is not pushed until a client subscribes", async () => {
   await using t = await setup();
   await t.bridge.pollOnce();
   t.relay.onPush(() =>

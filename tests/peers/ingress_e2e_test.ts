@@ -1,5 +1,6 @@
 /**
- * Web Push ingress end to end (CONTRACT §2.1), over real HTTP on 127.0.0.1:
+ * Web Push ingress end to end (README, "Using the relay with WebDAV-Push servers"), over real
+ * HTTP on 127.0.0.1:
  *
  *   npm `web-push` (playing the WebDAV-Push server: RFC 8291 encryption, RFC 8292 VAPID)
  *     ──POST──▶ relay /push/{id} ──▶ FCM mock / APNs mock / Web Push mock / web-push-testing
@@ -20,7 +21,7 @@ import { decodeBase64Url, encodeBase64Url } from "../../lib/encoding.ts";
 import { memoryLogger } from "../../lib/log.ts";
 import { createRelay, type Relay } from "../../relay.ts";
 import { createApnsHttpClient } from "../../lib/transports/apns.ts";
-import { childElement, parseXml } from "../../lib/xml.ts";
+import { childElement, parseXml } from "../../dav/xml.ts";
 import { type ApnsMock, MOCK_CA_PEM, startApnsMock } from "../mocks/apns_mock.ts";
 import { fcmError, type FcmMock, startFcmMock } from "../mocks/fcm_mock.ts";
 import { makeApnsKey, makeServiceAccount } from "../mocks/keys.ts";

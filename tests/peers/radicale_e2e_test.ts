@@ -1,7 +1,7 @@
 /**
- * End to end against a real CalDAV server (CONTRACT §6): Radicale (Debian package `radicale`),
- * the relay (`main.ts`) and the bridge (`bridge/main.ts`) as separate processes, and a Web
- * Push service (npm `web-push-testing`) standing in for the devices.
+ * End to end against a real CalDAV server (README, "The CalDAV bridge"): Radicale (Debian
+ * package `radicale`), the relay (`main.ts`) and the bridge (`bridge/main.ts`) as separate
+ * processes, and a Web Push service (npm `web-push-testing`) standing in for the devices.
  *
  * Skipped (counted as ignored) only when `radicale` is not installed; CI installs it.
  *
@@ -9,7 +9,7 @@
  */
 
 import assert from "node:assert/strict";
-import { parseDiscovery } from "../../lib/dav_push.ts";
+import { parseDiscovery } from "../../dav/dav_push.ts";
 import { startWebPushTesting, type TestSubscription } from "./web_push_testing.ts";
 
 const ROOT = new URL("../../", import.meta.url);
@@ -211,7 +211,7 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs: number): Promis
 
 Deno.test({
   name:
-    "CONTRACT §6 end to end with Radicale: a CalDAV PUT wakes the subscribed client within the poll interval; a PUT with its Push-Client-Id through the bridge does not",
+    "bridge end to end with Radicale: a CalDAV PUT wakes the subscribed client within the poll interval; a PUT with its Push-Client-Id through the bridge does not",
   ignore: !hasRadicale,
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "radicale-e2e-" });

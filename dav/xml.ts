@@ -10,8 +10,8 @@
  * `<topic xmlns="urn:ietf:params:xml:ns:dav-push">` give the same Clark name.
  *
  * Output escapes text and attribute values and drops characters outside the XML 1.0 `Char`
- * production (control characters, lone surrogates, U+FFFE/U+FFFF), which no serialiser library
- * guards against (platform notes §3.4).
+ * production (XML 1.0 §2.2: control characters, lone surrogates, U+FFFE/U+FFFF), which a
+ * string concatenation or a careless serialiser lets through.
  *
  * @module
  */
@@ -141,8 +141,8 @@ export function parseXml(input: string | Uint8Array, options: ParseXmlOptions = 
     throw new XmlError(`Malformed XML: ${err.message}`);
   });
   parser.on("doctype", () => {
-    // platform notes §3.4: saxes accepts a DOCTYPE without entities; a DAV body never needs
-    // one, and refusing it closes the door on entity tricks entirely.
+    // saxes accepts a DOCTYPE without entities; a DAV body never needs one, and refusing it
+    // closes the door on entity tricks entirely.
     throw new XmlError("DOCTYPE is not allowed");
   });
   parser.on("opentag", (tag) => {

@@ -1,13 +1,13 @@
 /**
  * The application server's client for a CC/CD 70025 Push Gateway (§5.1 bootstrap, §5.3
  * subscribe, §5.4 push; JSON syntax §6.1), shaped after the one known application server,
- * OX App Suite's `DavPushGateway` (spec digest §2.15): pushes go out in chunks of at most 100
+ * OX App Suite's `DavPushGateway`: pushes go out in chunks of at most 100
  * messages, and a topic-to-gateway map (§4.1) learns from `no-subscribers`.
  *
  * @module
  */
 
-import type { PushTransport } from "./dav_push.ts";
+import { formatRfc3339, type PushTransport } from "./dav_push.ts";
 
 /** One update notification (§6.1.3). */
 export interface PushMessage {
@@ -15,11 +15,11 @@ export interface PushMessage {
   topic: string;
   /** 0 (lowest) to 100 (highest); the gateway takes 50 when left out (§6.1.3). */
   priority?: number | undefined;
-  /** RFC 3339 UTC time of the (latest) change (§6.1.3, A-10). */
+  /** RFC 3339 UTC time of the (latest) change (§6.1.3). */
   timestamp: string;
   /**
    * The originating client's `Push-Client-Id` (§7.1), so the gateway can skip it. Leave it
-   * out when the message merges changes of different clients (§6.1.3, A-11).
+   * out when the message merges changes of different clients (§6.1.3).
    */
   clientId?: string | undefined;
 }
@@ -62,7 +62,7 @@ export class GatewayError extends Error {
 /**
  * The application server's topic-to-gateway map (§4.1): which gateways have subscribers for a
  * topic. Updated when a subscription is forwarded, and from the `no-subscribers` of push
- * answers (§5.4 SHOULD, A-8).
+ * answers (§5.4 SHOULD).
  */
 export class TopicGatewayMap {
   #subscribed = new Map<string, Set<string>>();
@@ -92,7 +92,7 @@ export class TopicGatewayMap {
   }
 
   /**
-   * Whether to push `topic` to `gateway`. §6.1.3 (A-9): not after the gateway reported no
+   * Whether to push `topic` to `gateway`. §6.1.3: not after the gateway reported no
    * subscribers, until a new subscription arrives. A topic the map knows nothing of (say,
    * after a restart) is pushed: the answer then teaches the map.
    */
@@ -108,8 +108,8 @@ export interface GatewayClientOptions {
   /** Bearer token of this application server at the gateway. */
   token?: string | undefined;
   /**
-   * OX-style path authentication: subscribe and push go to `<url>/<appId>` (spec digest
-   * §2.15). Never logged or put in error messages.
+   * OX-style path authentication: subscribe and push go to `<url>/<appId>`. Never logged or
+   * put in error messages.
    */
   appId?: string | undefined;
   /** Messages per push request, 1 to 100; default 100 (OX `transportChunkSize`). */
@@ -229,7 +229,7 @@ export class GatewayClient {
 
   /**
    * Bootstrap (§5.1, §6.1.1): the gateway's transports. Reads `transport-data` as a flat map
-   * of strings or as one string (§6 item 5), and skips entries without a `transport-uri`.
+   * of strings or as one string (§6.1.1), and skips entries without a `transport-uri`.
    */
   async bootstrap(): Promise<PushTransport[]> {
     const json = await this.#post("bootstrap", this.id, { "push-transports": [] }, false);
@@ -268,15 +268,13 @@ export class GatewayClient {
   }
 
   /**
-   * Forwards a subscription (§5.3, §6.1.2; A-6 MUST). With an `expires` in the past it is the
-   * unsubscribe of §5.2.2 (A-4: forwarded too). Returns the gateway's `push-url`, if given.
+   * Forwards a subscription (§5.3, §6.1.2). With an `expires` in the past it is the
+   * unsubscribe of §5.2.2 (forwarded too). Returns the gateway's `push-url`, if given.
    *
    * @throws {GatewayError} on a non-2xx answer (`400`/`403` are refusals of the client's data)
    */
   async subscribe(sub: GatewaySubscription): Promise<{ pushUrl?: string }> {
-    const expires = typeof sub.expires === "string"
-      ? sub.expires
-      : sub.expires.toISOString().replace(/\.\d{3}Z$/, "Z");
+    const expires = typeof sub.expires === "string" ? sub.expires : formatRfc3339(sub.expires);
     const json = await this.#post("push-subscribe", this.#opUrl, {
       "push-subscribe": {
         topics: [...sub.topics],
@@ -299,7 +297,7 @@ export class GatewayClient {
   /**
    * Pushes update notifications (§5.4, §6.1.3), at most `chunkSize` (100) per request, in
    * `{"push": {"messages": [...]}}` form. Returns every topic the gateway listed in
-   * `no-subscribers`, once, and updates the topic map from them (A-8). Every other topic counts
+   * `no-subscribers`, once, and updates the topic map from them (§5.4). Every other topic counts
    * as delivered (§5.4 MUST).
    *
    * @throws {GatewayError} on the first failing chunk; `sent` on the error says how many
@@ -322,8 +320,8 @@ export class GatewayClient {
         if (err instanceof GatewayError) err.sent = i;
         throw err;
       }
-      // §6 item 4: {"push-response": {"no-subscribers": [{"topic": ...}]}} as in the examples;
-      // the grammar's bare form and plain strings are read too.
+      // {"push-response": {"no-subscribers": [{"topic": ...}]}} as in the draft's examples;
+      // the grammar's bare form and plain strings are read too (README, "Protocol decisions").
       const response = (json as { "push-response"?: unknown })["push-response"] ?? json;
       const list = (response as { "no-subscribers"?: unknown })["no-subscribers"];
       if (Array.isArray(list)) {
@@ -352,7 +350,7 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  * The `client-id` for a push from a request's `Push-Client-Id` header (§7.1): the header's
  * token as sent (it is already percent-encoded, §7.1 MUST), or undefined when the header is
  * missing, is not an RFC 7230 token, or is longer than 256 characters. The application server
- * SHOULD copy it into the message it pushes for that change (§7.1, A-14).
+ * SHOULD copy it into the message it pushes for that change (§7.1).
  */
 export function clientIdFromHeader(value: string | null | undefined): string | undefined {
   if (value === null || value === undefined) return undefined;

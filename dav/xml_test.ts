@@ -6,7 +6,7 @@ import {
   serializeXml,
   stripInvalidXmlChars,
   XmlError,
-} from "../lib/xml.ts";
+} from "./xml.ts";
 
 function refused(input: string | Uint8Array, status: 400 | 413, pattern: RegExp) {
   assert.throws(

@@ -6,7 +6,7 @@
  *
  * Names follow the draft's example and OX App Suite (`subscribe-URL`, `version`); the names of
  * the §6.2.1 definitions (`push-subscribe-URL`, `push-version`) are accepted wherever this
- * module reads XML (spec digest §2.2, §6 item 23).
+ * module reads XML.
  *
  * @module
  */
@@ -192,6 +192,15 @@ function statusLine(status: number): string {
   return `HTTP/1.1 ${status} ${REASONS[status] ?? ""}`.trimEnd();
 }
 
+/**
+ * The status code of a `D:status` line (RFC 4918 §14.28: `HTTP/1.1 200 OK`), or undefined
+ * when the line is not one.
+ */
+export function statusCode(line: string | undefined): number | undefined {
+  const m = /^\s*HTTP\/\d(?:\.\d)?\s+(\d{3})/.exec(line ?? "");
+  return m ? Number(m[1]) : undefined;
+}
+
 function rename(node: XmlNode, name: string): XmlNode {
   return { ...node, name };
 }
@@ -269,8 +278,8 @@ export function parseDiscovery(
   const out: DiscoveredPush = { transports: [] };
   for (const response of childElements(root, DAV.response)) {
     for (const propstat of childElements(response, DAV.propstat)) {
-      const status = childElement(propstat, DAV.status)?.text ?? "";
-      if (!/^HTTP\/\d(\.\d)?\s+2\d\d/.test(status.trim())) continue;
+      const status = statusCode(childElement(propstat, DAV.status)?.text);
+      if (status === undefined || status < 200 || status > 299) continue;
       const prop = childElement(propstat, DAV.prop);
       if (!prop) continue;
       for (const p of prop.children) {
@@ -356,13 +365,17 @@ function requiredChild(parent: XmlElement, name: string): XmlElement {
   return found[0]!;
 }
 
-function requiredText(parent: XmlElement, name: string): string {
-  const node = requiredChild(parent, name);
-  if (node.children.length > 0) throw new XmlError(`Element ${name} must hold text only`);
+/** The text of an element that must hold non-empty text and no elements. */
+function textOf(node: XmlElement): string {
+  if (node.children.length > 0) throw new XmlError(`Element ${node.name} must hold text only`);
   // Leading and trailing whitespace is layout, not content: topics and client-data are tokens.
   const text = node.text.trim();
-  if (text === "") throw new XmlError(`Element ${name} is empty`);
+  if (text === "") throw new XmlError(`Element ${node.name} is empty`);
   return text;
+}
+
+function requiredText(parent: XmlElement, name: string): string {
+  return textOf(requiredChild(parent, name));
 }
 
 /**
@@ -387,9 +400,7 @@ export function parseSubscribe(
   if (topicNodes.length === 0) throw new XmlError(`Missing element ${PUSH.topic} in subscribe`);
   const topics: string[] = [];
   for (const t of topicNodes) {
-    if (t.children.length > 0) throw new XmlError(`Element ${PUSH.topic} must hold text only`);
-    const topic = t.text.trim();
-    if (topic === "") throw new XmlError(`Element ${PUSH.topic} is empty`);
+    const topic = textOf(t);
     if (!topics.includes(topic)) topics.push(topic);
   }
   const selected = requiredChild(root, PUSH.selectedTransport);
@@ -418,7 +429,7 @@ export interface PushSubscribeJson {
  * Turns a parsed subscription into the gateway's JSON `push-subscribe` (§5.3, §6.1.2), with
  * `selected-transport` (the grammar's name, which OX sends) and `expires` in RFC 3339 UTC.
  * An `expires` in the past stays in the past: the gateway treats it as the unsubscribe it is
- * (§5.2.2, A-4: the application server MUST forward it).
+ * (§5.2.2: the application server MUST forward it).
  */
 export function toPushSubscribe(sub: DavSubscription): PushSubscribeJson {
   return {
@@ -440,14 +451,17 @@ export function isUnsubscribe(sub: DavSubscription, now: Date = new Date()): boo
  * whole request MUST fail and nothing is recorded; topics the user may not access SHOULD be
  * treated as invalid.
  */
-export function invalidTopics(topics: readonly string[], isValid: (topic: string) => boolean) {
+export function invalidTopics(
+  topics: readonly string[],
+  isValid: (topic: string) => boolean,
+): string[] {
   return topics.filter((t) => !isValid(t));
 }
 
 /**
  * The `D:error` body with the `invalid-topics` precondition (§5.2.3.2, §6.2.2), one `topic`
  * per refused topic. Send it with status `403` and `Content-Type: application/xml;
- * charset=utf-8` (spec digest §2.3: RFC 4918 precondition convention).
+ * charset=utf-8` (RFC 4918 §16: a precondition is an element inside `D:error`).
  */
 export function invalidTopicsXml(topics: readonly string[]): string {
   return serializeXml(

@@ -5,7 +5,7 @@ import {
   GatewayError,
   type PushMessage,
   TopicGatewayMap,
-} from "../lib/gateway_client.ts";
+} from "./gateway_client.ts";
 
 interface Seen {
   url: string;
@@ -101,7 +101,7 @@ Deno.test("§5.4 push() sends at most 100 messages per request, as OX does, and 
   const gw = fakeGateway((body, n) => {
     const msgs = (body.push as { messages: { topic: string }[] }).messages;
     assert.ok(msgs.length <= 100);
-    // Both answer forms: objects (examples) and plain strings (§6 item 4).
+    // Both answer forms: objects (the draft's examples) and plain strings.
     return ok({
       "push-response": n === 1
         ? { "no-subscribers": [{ topic: "t0" }, "t5"] }
@@ -155,7 +155,7 @@ Deno.test("push() reports how many messages earlier chunks delivered when a chun
   assert.throws(() => new GatewayClient({ url: "https://r/", chunkSize: 101 }), RangeError);
 });
 
-Deno.test("§4.1 topic-to-gateway map: subscribe adds, no-subscribers silences until a new subscribe (A-9)", async () => {
+Deno.test("§4.1 topic-to-gateway map: subscribe adds, no-subscribers silences until a new subscribe (§6.1.3)", async () => {
   const map = new TopicGatewayMap();
   const gw = fakeGateway((body) =>
     "push" in body ? ok({ "push-response": { "no-subscribers": [{ topic: "a" }] } }) : ok({})

@@ -12,8 +12,8 @@ import {
   propfindResponse,
   PUSH,
   toPushSubscribe,
-} from "../lib/dav_push.ts";
-import { childElement, NS, parseXml, XmlError, type XmlNode } from "../lib/xml.ts";
+} from "./dav_push.ts";
+import { childElement, NS, parseXml, XmlError, type XmlNode } from "./xml.ts";
 
 const P = NS.PUSH;
 const transports = [
