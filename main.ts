@@ -28,7 +28,7 @@ const relay = await createRelay({
   kv,
   logger,
   onDevTokenCreated(token) {
-    // CONTRACT §4: the dev app's token is the only secret ever printed, once, when created.
+    // The dev app's token is the only secret ever printed, once, when it is created.
     console.log(
       `Dev mode (RELAY_APPS unset): app "dev" created; its bearer token is ${token}\n` +
         "It is kept in KV and will not be shown again.",
@@ -68,7 +68,7 @@ async function stop(signal: string) {
   logger.log("info", "shutdown", { signal });
   clearInterval(ticker);
   shutdown.abort(); // stop accepting; in-flight requests finish
-  // Issue 4: finish or release claimed work within 5 seconds. The engine stops starting
+  // Finish or release claimed work within 5 seconds. The engine stops starting
   // sends, commits what finished, gives the rest back and removes its heartbeat, so another
   // process (or the next start) takes over at once.
   let timer: ReturnType<typeof setTimeout> | undefined;

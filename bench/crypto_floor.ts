@@ -99,7 +99,7 @@ export async function rate(
   return n / ((performance.now() - start) / 1000);
 }
 
-/** The update payload of CONTRACT §1.3, as the benchmarks send it. */
+/** The update payload of the gateway protocol (README), as the benchmarks send it. */
 export const BENCH_PAYLOAD = utf8(
   JSON.stringify({
     type: "update",

@@ -1,5 +1,5 @@
 /**
- * The only reader of the environment (CONTRACT §4). `loadConfig` parses everything once and
+ * The only reader of the environment (README "Configuration"). `loadConfig` parses everything once and
  * fails with a `ConfigError` naming the variable, so a bad deployment stops at start instead
  * of failing on the first push.
  *
@@ -10,7 +10,7 @@ import { decodeBase64Url } from "./encoding.ts";
 import { validateApnsKey } from "./transports/apns.ts";
 import { parseServiceAccount } from "./transports/fcm.ts";
 
-/** One application server allowed to use the gateway (CONTRACT §1 "App authentication"). */
+/** One application server allowed to use the gateway (README "The gateway protocol"). */
 export interface AppConfig {
   id: string;
   /** Bearer token; null for a path-authenticated app, whose id is itself the secret. */
@@ -130,7 +130,7 @@ export function parseApps(raw: string): AppConfig[] {
       throw new ConfigError(name, `app id "${token === "" ? "<path secret>" : id}" appears twice`);
     }
     if (token === "") {
-      // CONTRACT §1: a path-authenticated app's id is its secret, so it must be long.
+      // A path-authenticated app's id is its secret, so it must be long.
       if (id.length < 32) {
         throw new ConfigError(
           name,
@@ -173,7 +173,6 @@ function base64Key(name: string, raw: string, length: number | [number, number])
   return bytes;
 }
 
-/** Parses and validates the environment (CONTRACT §4). */
 /** The proxy variables `fetch` reads (it also honours `NO_PROXY`). */
 const PROXY_VARS = [
   "HTTPS_PROXY",

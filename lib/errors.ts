@@ -1,6 +1,6 @@
 /**
  * The relay's one error type for refusals the caller can act on. It carries the HTTP status
- * and the kebab-case code of CONTRACT §3, but no framework types, so `lib/` stays free of
+ * and the kebab-case code of the README's error bodies, but no framework types, so `lib/` stays free of
  * HTTP code; `routes/` turns it into `{"error": {"code", "message", ...}}`.
  *
  * @module
@@ -19,7 +19,7 @@ export class RelayError extends Error {
   }
 }
 
-/** Storage (Deno KV) failed or is closed: every route answers 503 (CONTRACT §3). */
+/** Storage (Deno KV) failed or is closed: every route answers 503. */
 export class StorageError extends Error {
   override name = "StorageError";
   constructor(message: string, options?: { cause?: unknown }) {
@@ -30,7 +30,7 @@ export class StorageError extends Error {
 /**
  * An error for a log line: its name and message and, for a storage failure, what KV said
  * (e.g. "database is locked"). Other causes are left out: a fetch error's text can carry an
- * endpoint URL, which never goes to logs (CONTRACT §4).
+ * endpoint URL, which never goes to logs.
  */
 export function describeError(err: unknown): string {
   const text = String(err);

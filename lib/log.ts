@@ -1,6 +1,6 @@
 /**
  * Structured logging: one JSON line per event. Callers pass only non-secret fields; the
- * relay never logs tokens, client-data, endpoints or device tokens (CONTRACT §4).
+ * relay never logs tokens, client-data, endpoints or device tokens.
  *
  * @module
  */
@@ -16,7 +16,7 @@ export interface Logger {
  *
  * With `gather`, info and debug lines (one per request, at thousands a second) are gathered
  * and written together once per turn of the event loop: one write instead of one per line
- * (issue 5: less CPU per push, most of all on Deno 2.5). Warnings and errors are written at
+ * (less CPU per push, most of all on Deno 2.5). Warnings and errors are written at
  * once, after what is gathered; the rest when the process exits (`unload`, which `Deno.exit`
  * also fires). Without it every line is its own `console.log` call, one log record each, as
  * Deno Deploy keeps them (main.ts gathers everywhere else).

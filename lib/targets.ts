@@ -1,6 +1,6 @@
 /**
  * Device targets: their identity hash (one registration per device) and the Web Push endpoint
- * policy (https on a public address, CONTRACT §2), which keeps the relay from being used to
+ * policy (https on a public address, README "The client API"), which keeps the relay from being used to
  * reach private networks (SSRF).
  *
  * @module

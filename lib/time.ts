@@ -1,6 +1,6 @@
 /**
  * Time helpers: an injectable clock and strict RFC 3339 parsing (CC/CD 70025 §6.1.2 and
- * §6.1.3 use RFC 3339 UTC timestamps; digest §6 item 19: parse leniently, normalise to UTC).
+ * §6.1.3 use RFC 3339 UTC timestamps: any offset and fraction are read, and normalised to UTC).
  *
  * @module
  */
@@ -18,7 +18,7 @@ const RFC3339 =
  * returns null when the string is not one or names an impossible date.
  */
 export function parseRfc3339(value: string): number | null {
-  // One match, numbers read straight from it (issue 5: this runs for every pushed message,
+  // One match, numbers read straight from it (this runs for every pushed message,
   // and the ingest path's allocations are what Deno 2.5's collector spends its time on).
   const m = RFC3339.exec(value);
   if (!m) return null;

@@ -1,5 +1,5 @@
 /**
- * Bad input gets the contract's status (CONTRACT §3) and never changes stored data.
+ * Bad input gets the contract's status (README "Errors and operations") and never changes stored data.
  */
 
 import assert from "node:assert/strict";
@@ -9,7 +9,7 @@ import { listClientSubscriptions } from "./_inspect.ts";
 const WP = `${PUBLIC_URL}/transports/web-push`;
 const auth = { authorization: `Bearer ${APP_TOKEN}` };
 
-Deno.test("Error precedence (CONTRACT §3): 415, then 413, then 400 unparsable, then 401, then 400 invalid content, then 403", async () => {
+Deno.test("Error precedence (README, Errors and operations): 415, then 413, then 400 unparsable, then 401, then 400 invalid content, then 403", async () => {
   const h = await harness();
   try {
     const big = "x".repeat(1024 * 1024 + 1);

@@ -1,5 +1,5 @@
 /**
- * Configuration (CONTRACT §4): parsed once, validated, with errors naming the variable.
+ * Configuration (README "Configuration"): parsed once, validated, with errors naming the variable.
  */
 
 import assert from "node:assert/strict";

@@ -1,5 +1,5 @@
 /**
- * Issue 4 crash test: the relay (`main.ts`) runs as a process on a KV file and fans one push
+ * Crash test: the relay (`main.ts`) runs as a process on a KV file and fans one push
  * out to 3000 subscriptions on a deliberately slow local push service; it is killed with
  * SIGKILL half way and started again, and every subscription still gets the message
  * (CC/CD 70025 §5.4: the application server counts every unlisted topic as delivered).

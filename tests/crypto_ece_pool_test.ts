@@ -1,5 +1,5 @@
 /**
- * Issue 5: Web Push encryption spread over module workers (lib/crypto/ece_pool.ts). Output
+ * Web Push encryption spread over module workers (lib/crypto/ece_pool.ts). Output
  * must be exactly what `encryptWebPush` promises (RFC 8291, decryptable by an independent
  * implementation, a fresh sender key per message), whether a message went to a worker or was
  * encrypted inline, and errors keep their meaning.

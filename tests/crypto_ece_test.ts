@@ -207,7 +207,7 @@ Deno.test("encryptWebPush() rejects a p256dh that is not on P-256 and a short au
   );
 });
 
-Deno.test("CONTRACT §2: validateSubscriptionKeys() accepts a browser's p256dh and auth", async () => {
+Deno.test("Registrations: validateSubscriptionKeys() accepts a browser's p256dh and auth", async () => {
   const ua = userAgent();
   const result = await validateSubscriptionKeys({
     p256dh: encodeBase64Url(ua.uaPublic),
@@ -223,7 +223,7 @@ Deno.test("CONTRACT §2: validateSubscriptionKeys() accepts a browser's p256dh a
   assert.equal(padded.ok, true);
 });
 
-Deno.test("CONTRACT §2: validateSubscriptionKeys() rejects keys that are not a P-256 point and a 16-byte secret", async () => {
+Deno.test("Registrations: validateSubscriptionKeys() rejects keys that are not a P-256 point and a 16-byte secret", async () => {
   const ua = userAgent();
   const p256dh = encodeBase64Url(ua.uaPublic);
   const auth = encodeBase64Url(ua.auth);

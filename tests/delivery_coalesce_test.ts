@@ -1,5 +1,5 @@
 /**
- * Issue 4 item 6, CONTRACT §1.3 coalescing (CC/CD 70025 §8.3 MAY): for one client and one
+ * Coalescing (CC/CD 70025 §8.3 MAY): for one client and one
  * topic the first update goes out at once; further updates within RELAY_COALESCE_MS of it are
  * merged into one trailing delivery with the latest timestamp and the highest priority;
  * different topics or clients are never merged; RELAY_COALESCE_MS=0 delivers every message.

@@ -1,5 +1,5 @@
 /**
- * Issue 4 items 1, 2 and 7 inside one test process: two relays (as two processes would run
+ * Inside one test process: two relays (as two processes would run
  * them) on one KV with an injected clock. The outbox holds one record per message; a live
  * holder's work is never taken over; a dead holder's is, after the lease, and the holder's
  * next commit then fails so it stops; only the uncommitted in-flight part goes out twice; a

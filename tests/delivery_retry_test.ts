@@ -1,5 +1,5 @@
 /**
- * Issue 4 item 3: retryable failures (timeouts, network errors, 429, 5xx) back off
+ * Retryable failures (timeouts, network errors, 429, 5xx) back off
  * exponentially with jitter and honour Retry-After; after a bounded number of attempts or the
  * message's TTL the delivery is dead-lettered (kept and counted), never silently dropped; a
  * push service that keeps failing trips a circuit breaker for that service only. Driven with

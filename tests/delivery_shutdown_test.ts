@@ -1,5 +1,5 @@
 /**
- * Issue 4 item 7: on SIGTERM (or SIGINT) the relay stops accepting and finishes or releases its
+ * On SIGTERM (or SIGINT) the relay stops accepting and finishes or releases its
  * claimed work within 5 seconds; after a restart the rest goes out. The relay runs as a process
  * with the default lease, so the restarted one could only resume this fast if the stopping one
  * really gave its work back.

@@ -1,5 +1,5 @@
 /**
- * Issue 4 items 4 and 5: the expiry sweep (CC/CD 70025 §6.2.1.6 MUST remove subscriptions not
+ * The expiry sweep (CC/CD 70025 §6.2.1.6 MUST remove subscriptions not
  * refreshed in time) is idempotent and bounded per run, within KV's atomic limits (1000
  * mutations, 100 checks, 800 KiB); pruning on 404/410/Unregistered removes every subscription
  * of the client in bounded atomics, and its topics are then reported in no-subscribers.

@@ -1,6 +1,6 @@
 /**
- * CC/CD 70025 gateway requirements (digest §3.1) and the draft's interop quirks (digest §6
- * items 1-5), through the real HTTP app with a recording transport.
+ * CC/CD 70025's requirements of a Push Gateway, and the draft's two spellings of its messages,
+ * through the real HTTP app with a recording transport.
  */
 
 import assert from "node:assert/strict";
@@ -9,7 +9,7 @@ import { listClientSubscriptions } from "./_inspect.ts";
 
 const WP = `${PUBLIC_URL}/transports/web-push`;
 
-Deno.test("§6 item 5 / G-14: bootstrap lists web-push with refresh-interval and flat string transport-data", async () => {
+Deno.test("§5.1, §6.1.1: bootstrap lists web-push with refresh-interval and flat string transport-data", async () => {
   const h = await harness();
   try {
     const res = await h.request("/gateway", { method: "POST", json: { "push-transports": [] } });
@@ -95,7 +95,7 @@ Deno.test('§6 item 3: push accepts {"push": {"messages": [...]}} and {"push": [
   }
 });
 
-Deno.test("§6 item 4 / G-11: unknown topics and topics without active subscribers are listed once in push-response.no-subscribers", async () => {
+Deno.test("§5.4: unknown topics and topics without active subscribers are listed once in push-response.no-subscribers", async () => {
   const h = await harness();
   try {
     const dev = await h.registerDevice();
@@ -114,7 +114,7 @@ Deno.test("§6 item 4 / G-11: unknown topics and topics without active subscribe
   }
 });
 
-Deno.test("G-12 (§5.4 MUST): no-subscribers is omitted when every topic had a subscriber", async () => {
+Deno.test("§5.4 MUST: no-subscribers is omitted when every topic had a subscriber", async () => {
   const h = await harness();
   try {
     const dev = await h.registerDevice();
@@ -128,7 +128,7 @@ Deno.test("G-12 (§5.4 MUST): no-subscribers is omitted when every topic had a s
   }
 });
 
-Deno.test("G-13: every unlisted topic is delivered to each active subscriber with the update payload", async () => {
+Deno.test("§5.4: every unlisted topic is delivered to each active subscriber with the update payload", async () => {
   const h = await harness();
   try {
     const devs = await Promise.all([1, 2, 3].map((i) => h.registerDevice(i)));
@@ -162,7 +162,7 @@ Deno.test("G-13: every unlisted topic is delivered to each active subscriber wit
   }
 });
 
-Deno.test("G-13: a push the relay cannot record fails whole (503) instead of dropping topics", async () => {
+Deno.test("§5.4: a push the relay cannot record fails whole (503) instead of dropping topics", async () => {
   const h = await harness();
   try {
     const dev = await h.registerDevice();
@@ -181,7 +181,7 @@ Deno.test("G-13: a push the relay cannot record fails whole (503) instead of dro
   }
 });
 
-Deno.test("G-6 / G-7 (§5.2.2 MUST): a subscription with a past expiry removes the client and it gets no further pushes", async () => {
+Deno.test("§5.2.2 MUST: a subscription with a past expiry removes the client and it gets no further pushes", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -208,7 +208,7 @@ Deno.test("G-6 / G-7 (§5.2.2 MUST): a subscription with a past expiry removes t
   }
 });
 
-Deno.test("G-6: an unsubscribe succeeds even after the registration was deleted, if the client-data is authentic", async () => {
+Deno.test("§5.2.2: an unsubscribe succeeds even after the registration was deleted, if the client-data is authentic", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -228,7 +228,7 @@ Deno.test("G-6: an unsubscribe succeeds even after the registration was deleted,
   }
 });
 
-Deno.test("G-16 (§6.2.1.6 MUST): subscriptions not refreshed within the refresh interval are removed by the sweep", async () => {
+Deno.test("§6.2.1.6 MUST: subscriptions not refreshed within the refresh interval are removed by the sweep", async () => {
   const h = await harness({ RELAY_REFRESH_INTERVAL: "3600" });
   try {
     const a = await h.registerDevice();
@@ -248,7 +248,7 @@ Deno.test("G-16 (§6.2.1.6 MUST): subscriptions not refreshed within the refresh
   }
 });
 
-Deno.test("G-17 (§6.2.1.6 MUST NOT): an expiry beyond the refresh interval is refused with expires-exceeds-refresh-interval", async () => {
+Deno.test("§6.2.1.6 MUST NOT: an expiry beyond the refresh interval is refused with expires-exceeds-refresh-interval", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -268,7 +268,7 @@ Deno.test("G-17 (§6.2.1.6 MUST NOT): an expiry beyond the refresh interval is r
   }
 });
 
-Deno.test("G-18 (§6.2.2.1): a subscription is void after its expiry even before the sweep removes it", async () => {
+Deno.test("§6.2.2.1: a subscription is void after its expiry even before the sweep removes it", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -287,7 +287,7 @@ Deno.test("G-18 (§6.2.2.1): a subscription is void after its expiry even before
   }
 });
 
-Deno.test("G-19 (§6.1.2): a subscribe adds or refreshes its topics and leaves the app's other subscriptions untouched", async () => {
+Deno.test("§6.1.2: a subscribe adds or refreshes its topics and leaves the app's other subscriptions untouched", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -316,7 +316,7 @@ Deno.test("G-19 (§6.1.2): a subscribe adds or refreshes its topics and leaves t
   }
 });
 
-Deno.test("G-20 (§6.1.2): expires must be an RFC 3339 timestamp; offsets are normalised to UTC", async () => {
+Deno.test("§6.1.2: expires must be an RFC 3339 timestamp; offsets are normalised to UTC", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -354,7 +354,7 @@ Deno.test("G-20 (§6.1.2): expires must be an RFC 3339 timestamp; offsets are no
   }
 });
 
-Deno.test("G-21 (§6.1.3 SHOULD): an omitted priority is 50; priorities outside 0..100 are refused", async () => {
+Deno.test("§6.1.3 SHOULD: an omitted priority is 50; priorities outside 0..100 are refused", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -408,7 +408,7 @@ Deno.test("Urgency follows priority: 0-24 very-low, 25-49 low, 50-74 normal, 75-
   }
 });
 
-Deno.test("G-22 (§7.1): the client whose client-id sent the change is not pushed; others are", async () => {
+Deno.test("§7.1: the client whose client-id sent the change is not pushed; others are", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();
@@ -417,7 +417,7 @@ Deno.test("G-22 (§7.1): the client whose client-id sent the change is not pushe
     await h.subscribe(b["client-data"], ["t"]);
     await settle(h);
     h.webPush.sent = [];
-    // Percent-encoded client-ids compare decoded (digest §6 item 13).
+    // Percent-encoded client-ids compare decoded (Push-Client-Id is RFC 3986 percent-encoded).
     const encoded = a["client-id"].replace(/-/g, "%2D");
     const res = await h.push([{ topic: "t", "client-id": encoded }]);
     assert.deepEqual(await res.json(), { "push-response": {} });
@@ -434,7 +434,7 @@ Deno.test("G-22 (§7.1): the client whose client-id sent the change is not pushe
   }
 });
 
-Deno.test("G-27 (§8.3 SHOULD): forged, tampered, foreign and revoked client-data get 403 and record nothing", async () => {
+Deno.test("§8.3 SHOULD: forged, tampered, foreign and revoked client-data get 403 and record nothing", async () => {
   const h = await harness();
   try {
     const a = await h.registerDevice();

@@ -1,5 +1,5 @@
 /**
- * Web Push ingress (CONTRACT §2.1): `POST /push/{id}` as an RFC 8030 push resource, driven
+ * Web Push ingress (README "Using the relay with WebDAV-Push servers"): `POST /push/{id}` as an RFC 8030 push resource, driven
  * through the real relay with fake transports and a settable clock.
  */
 
@@ -376,7 +376,7 @@ Deno.test("ingress: VAPID-restricted resource: missing/invalid 401, another key 
     });
     assert.equal(foreign.status, 403);
     assert.equal(await errorCode(foreign), "vapid-key-mismatch");
-    // CONTRACT §3 order: 401 before 400 before 403.
+    // The README's error order: 401 before 400 before 403.
     assert.equal((await post(h, dev.path, body, { authorization: null, ttl: null })).status, 401);
     const foreignNoTtl = await post(h, dev.path, body, {
       authorization: await other.authorization({ aud: ORIGIN, exp: inAnHour() }),
@@ -418,7 +418,7 @@ Deno.test("ingress: a deleted, re-registered-without-ingress or pruned registrat
     assert.equal((await again.json())["client-id"], apns.clientId);
     assert.equal((await post(h, apns.path, body)).status, 410);
 
-    // The push service says the device is gone (CONTRACT §1.3): pruned, then 410 from then on.
+    // The push service says the device is gone : pruned, then 410 from then on.
     const pruned = await register(h, "fcm");
     fake.fcm.respond = () => ({ kind: "gone", status: 404, reason: "UNREGISTERED" });
     assert.equal((await post(h, pruned.path, body)).status, 201);

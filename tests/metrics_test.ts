@@ -1,5 +1,5 @@
 /**
- * Issue 5 item 3: `GET /metrics` in the Prometheus text format (version 0.0.4): pushes
+ * `GET /metrics` in the Prometheus text format (version 0.0.4): pushes
  * received, deliveries by transport and outcome, active subscriptions (a counter kept in KV in
  * the same atomics as the records, so a scrape reads one key) and a delivery latency histogram.
  * The format is checked with `promtool check metrics` (Debian package prometheus) when it is

@@ -1,5 +1,5 @@
 /**
- * The client API (CONTRACT §2): registration forms, endpoint policy, rate limit, deletion.
+ * The client API (README "The client API"): registration forms, endpoint policy, rate limit, deletion.
  */
 
 import assert from "node:assert/strict";

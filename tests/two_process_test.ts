@@ -1,5 +1,5 @@
 /**
- * Issue 4: two relay processes on one KV file. Pushes go to both at once; each (message,
+ * two relay processes on one KV file. Pushes go to both at once; each (message,
  * subscription) is delivered exactly once in normal operation (the default RELAY_LEASE_MS),
  * while both processes keep ticking every second and scanning each other's work: a live
  * holder's heartbeat keeps the other process off it. (Takeover of a dead holder is tested in

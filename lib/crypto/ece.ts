@@ -2,17 +2,14 @@
  * Web Push message encryption (RFC 8291) in the `aes128gcm` content coding (RFC 8188). One
  * record of at most 4096 bytes, as RFC 8291 §4 requires of push messages.
  *
- * Cost (issue 5; platform.md §8): the two P-256 operations (a fresh sender key pair, then the
- * ECDH) are nearly all of it. They run on whichever of two implementations this runtime does
- * cheaper, measured once per isolate ({@link fastestP256Backend}). Per message, CPU: on Deno 2.5
- * (what Deno Deploy runs) `node:crypto`'s key objects (`generateKeyPairSync`, `diffieHellman`;
- * synchronous) ~290-310 µs against Web Crypto's ~430-490 µs; on Deno 2.9 Web Crypto ~470-540 µs
- * against `node:crypto`'s ~550-590 µs. Web Crypto's key generation is cheap there (~50-80 µs);
- * its `raw` export of the public key is not (~380 µs: the point is computed again), so the point
- * is read from the PKCS#8 export, which carries it ({@link pkcs8PublicPoint}). HKDF and
- * AES-128-GCM use `node:crypto`'s synchronous HMAC and cipher: a few microseconds each, where Web
- * Crypto's asynchronous calls cost ~50-70 µs apiece in thread hand-offs. Each key pair is used
- * for exactly one message (RFC 8291 §3.1).
+ * Cost: the two P-256 operations (a fresh sender key pair, then the ECDH) are nearly all of it.
+ * They run on whichever of two implementations (`node:crypto`'s key objects, or Web Crypto)
+ * costs less CPU in this runtime, measured once per isolate ({@link fastestP256Backend}); which
+ * one wins differs between Deno versions (README "Benchmarks" has the figures). Web Crypto's
+ * `raw` export of a public key computes the point again, so the point is read from the PKCS#8
+ * export, which carries it ({@link pkcs8PublicPoint}). HKDF and AES-128-GCM use `node:crypto`'s
+ * synchronous HMAC and cipher, which avoid the thread hand-offs of Web Crypto's asynchronous
+ * calls. Each key pair is used for exactly one message (RFC 8291 §3.1).
  *
  * @module
  */
@@ -201,8 +198,8 @@ function pointOf(key: KeyObject): Uint8Array {
 }
 
 /**
- * `node:crypto` key objects and `diffieHellman()`: on Deno 2.9 about twice as fast as the
- * `createECDH()` API (whose `computeSecret` costs ~550 µs there) and on a par with it on 2.5.
+ * `node:crypto` key objects and `diffieHellman()`, which cost less than the `createECDH()` API
+ * on Deno 2.9 and as much on 2.5.
  */
 function nodeAgree(privateKey: KeyObject): EphemeralKeyPair["agree"] {
   // deno-lint-ignore require-await
@@ -241,8 +238,8 @@ export function pkcs8PublicPoint(der: Uint8Array): Uint8Array | null {
 
 /**
  * Whether the PKCS#8 export carries the public point (checked once per isolate against the
- * `raw` export): Deno's `raw` export computes the point again (~380 µs on Deno 2.9, platform.md
- * §8), while the PKCS#8 one copies what key generation already computed (~40 µs).
+ * `raw` export): Deno's `raw` export computes the point again, while the PKCS#8 one copies what
+ * key generation already computed, at a fraction of the cost.
  */
 let pkcs8Carries: Promise<boolean> | undefined;
 function pkcs8CarriesPoint(): Promise<boolean> {
@@ -294,9 +291,9 @@ function cpuMicros(): number {
  * The P-256 implementation that costs less CPU in this runtime, measured once per isolate and
  * remembered: a warm-up round on each, then nine alternating rounds of 8 key pairs and ECDHs
  * in flight on each, compared by the median ratio (single rounds of Web Crypto's thread-pool
- * work vary by tens of percent); ~50 ms on Deno 2.5, ~100 ms on 2.9. Which one wins depends on the Deno version, not
- * on the relay: `node:crypto` on 2.5 by a wide margin, Web Crypto on 2.9 by ~15 %. Web Crypto
- * when `node:crypto`'s ECDH is missing or fails. Call it while the process is otherwise idle
+ * work vary by tens of percent); it takes a fraction of a second. Which one wins depends on the
+ * Deno version, not on the relay (README "Benchmarks"). Web Crypto when `node:crypto`'s ECDH
+ * is missing or fails. Call it while the process is otherwise idle
  * (the relay does so as it starts).
  */
 export function fastestP256Backend(): Promise<P256Backend> {
@@ -408,7 +405,7 @@ export type SubscriptionKeysCheck =
 
 /**
  * Checks a subscription's `p256dh` and `auth` (base64url) the way a registration must
- * (CONTRACT §2: otherwise `400 invalid-subscription`): `p256dh` is a 65-byte uncompressed
+ * (otherwise `400 invalid-subscription`): `p256dh` is a 65-byte uncompressed
  * point (0x04 prefix) on P-256, `auth` is 16 bytes. Costs an on-curve check, some
  * microseconds (both P-256 implementations accept every such point).
  */

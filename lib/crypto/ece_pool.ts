@@ -33,9 +33,8 @@ export interface Encryptor {
 
 export interface EncryptionPoolOptions {
   /**
-   * Workers at most. @default one per core (at least 1). Measured on 2 cores (README, Benchmarks):
-   * 2 workers beat 1 by ~10-15 % in deliveries/s; each costs ~25 MiB of resident memory with
-   * `deno task start`'s V8 heap flags.
+   * Workers at most. @default one per core (at least 1). Each worker costs tens of MiB of
+   * resident memory (README "Benchmarks" has the figures).
    */
   maxWorkers?: number;
   /**

@@ -1,5 +1,5 @@
 /**
- * Apple Push Notification service transport, token-based auth over HTTP/2 (CONTRACT §1.3
+ * Apple Push Notification service transport, token-based auth over HTTP/2 (README "APNs"
  * "APNs deliveries").
  *
  * Every delivery is a background push (`apns-push-type: background`, `apns-priority: 5`,
@@ -76,7 +76,7 @@ export function validateApnsKey(pem: string): string {
 
 /**
  * Returns the normalised (lower-case) APNs device token, or null unless it is an even number,
- * 64 or more, of hexadecimal digits (CONTRACT §2: otherwise `400 invalid-token`).
+ * 64 or more, of hexadecimal digits (README "Registering devices": otherwise `400 invalid-token`).
  */
 export function validateApnsToken(s: unknown): string | null {
   if (typeof s !== "string") return null;
@@ -89,7 +89,7 @@ export function validateApnsEnvironment(s: unknown): "production" | "sandbox" | 
   return s === "production" || s === "sandbox" ? s : null;
 }
 
-/** The JSON body of a background push (CONTRACT §1.3, §2.1). */
+/** The JSON body of a background push: `aps.content-available` and the payload's fields. */
 export function apnsPayload(message: OutboundMessage): Record<string, unknown> {
   const body: Record<string, unknown> = { aps: { "content-available": 1 } };
   const payload = message.payload;
@@ -343,7 +343,7 @@ async function reasonOf(res: Response): Promise<string> {
   return `http ${res.status}`;
 }
 
-/** Maps an APNs error answer to an outcome (CONTRACT §1.3; Apple's status-code table). */
+/** Maps an APNs error answer to an outcome (Apple's status-code table). */
 function outcomeFor(
   status: number,
   reason: string,

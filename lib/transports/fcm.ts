@@ -1,5 +1,5 @@
 /**
- * Firebase Cloud Messaging HTTP v1 transport (CONTRACT §1.3 "FCM deliveries").
+ * Firebase Cloud Messaging HTTP v1 transport (README "Android and iOS: FCM and APNs").
  *
  * Auth is the OAuth 2.0 JWT-bearer grant (RFC 7523 §2.1): an RS256 assertion signed with the
  * service account's key is exchanged at the account's own `token_uri` for an access token,
@@ -122,18 +122,18 @@ export function parseServiceAccount(json: string): ServiceAccount {
 
 /**
  * Returns the normalised FCM registration token, or null when it is not 1 to 4096 printable
- * ASCII characters (CONTRACT §2: otherwise `400 invalid-token`).
+ * ASCII characters (README "Registering devices": otherwise `400 invalid-token`).
  */
 export function validateFcmToken(s: unknown): string | null {
   if (typeof s !== "string") return null;
   return /^[\x21-\x7e]{1,4096}$/.test(s) ? s : null;
 }
 
-/** Turns a relay payload into FCM `data` (CONTRACT §1.3: every field a string). */
+/** Turns a relay payload into FCM `data`: every field a string (numbers decimal, arrays JSON). */
 export function fcmData(message: OutboundMessage): Record<string, string> {
   const payload = message.payload;
   if (payload.kind === "encrypted") {
-    // CONTRACT §2.1: forwarded still encrypted; the device decrypts with its own keys.
+    // Web Push ingress: forwarded still encrypted; the device decrypts with its own keys.
     return {
       type: "webpush",
       "content-encoding": "aes128gcm",
@@ -156,7 +156,7 @@ export function fcmData(message: OutboundMessage): Record<string, string> {
 export function fcmRequestBody(token: string, message: OutboundMessage): Record<string, unknown> {
   const ttl = Math.min(MAX_FCM_TTL, Math.max(0, Math.floor(message.ttl)));
   const android: Record<string, unknown> = {
-    // CONTRACT §1.3: high for priority 75-100, normal below.
+    // High for priority 75-100, normal below (the relay's urgency bands).
     priority: message.priority >= 75 ? "high" : "normal",
     ttl: `${ttl}s`,
   };
@@ -432,7 +432,7 @@ function parseFcmError(text: string): FcmErrorBody {
   return out;
 }
 
-/** Maps an FCM HTTP v1 answer to an outcome (CONTRACT §1.3; FCM ErrorCode reference). */
+/** Maps an FCM HTTP v1 answer to an outcome (FCM's ErrorCode reference). */
 async function classify(res: Response, now: number): Promise<DeliveryOutcome> {
   const status = res.status;
   if (res.ok) {

@@ -3,10 +3,9 @@
  * connections per origin, on `Deno.connect` and `Deno.connectTls`.
  *
  * Why not `fetch`: a Web Push send is one small POST whose answer is a status and at most a
- * `Retry-After`. Deno's `fetch` spends ~120-135 µs of CPU per such request (Request, Headers,
- * Response and stream objects, WebIDL conversions, the garbage they leave) against ~30-40 µs
- * here, measured over TLS to the bench sink on Deno 2.9.6 and 2.5.7 (issue 5: the fan-out is
- * bound by CPU, and that is a tenth of a delivery's).
+ * `Retry-After`. Deno's `fetch` spends several times the CPU of this client on such a request
+ * (Request, Headers, Response and stream objects, WebIDL conversions, the garbage they leave),
+ * and a fan-out is bound by CPU (README "Benchmarks" has the measurements).
  *
  * What it does: one request at a time per connection (no pipelining); `Content-Length`
  * request bodies; responses framed by `Content-Length`, `chunked` or the end of the connection

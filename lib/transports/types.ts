@@ -90,7 +90,7 @@ export interface Transport {
   close?(): void;
 }
 
-/** Maps a CC/CD 70025 priority to an RFC 8030 urgency (CONTRACT §1.3). */
+/** Maps a CC/CD 70025 priority to an RFC 8030 urgency: 0-24, 25-49, 50-74, 75-100. */
 export function urgencyFor(priority: number): Urgency {
   if (priority < 25) return "very-low";
   if (priority < 50) return "low";

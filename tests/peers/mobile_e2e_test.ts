@@ -1,5 +1,5 @@
 /**
- * FCM and APNs through the whole relay (CONTRACT §1.1, §1.3, §2): bootstrap entries,
+ * FCM and APNs through the whole relay (README "Android and iOS: FCM and APNs"): bootstrap entries,
  * registration forms, the update payload on each wire format, and pruning on the services'
  * "device gone" answers. The mocks reproduce Google's and Apple's wire formats and verify the
  * JWTs with `jose`.
