@@ -117,6 +117,11 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       ...(webPushFetch ? { fetch: webPushFetch } : {}),
       // A fan-out encrypts in workers so that every core works (BENCHMARKS.md).
       encryptor: createEncryptionPool({ keyPool, p256 }),
+      // The endpoint policy at every connection, not only at registration.
+      endpointPolicy: {
+        allowPrivate: config.allowPrivateEndpoints,
+        resolve: options.resolve ?? denoResolver,
+      },
     }),
     { concurrency: 256, timeoutMs },
   );

@@ -124,7 +124,7 @@ export async function harness(
     now,
     logger,
     resolve: (host) =>
-      Promise.resolve(host.endsWith(".internal") ? ["10.0.0.5"] : ["203.0.113.10"]),
+      Promise.resolve(host.endsWith(".internal") ? ["10.0.0.5"] : ["93.184.216.34"]),
     transports: { "web-push": webPush },
     ...options,
   });

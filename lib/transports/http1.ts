@@ -14,6 +14,17 @@
  * `http/1.1` by ALPN and verifies certificates as `fetch` does (`DENO_CERT` included). An
  * origin that refuses HTTP/1.1 (an HTTP/2-only server) is handed to `fallback` from then on.
  *
+ * With `endpointPolicy`, every new connection is held to the endpoint policy
+ * (lib/address_policy.ts): the host is resolved here, every address it has must be public, and
+ * the client connects to one of those addresses (`Deno.connect` to the IP), then starts TLS
+ * with `Deno.startTls` for the host name, so the certificate is still verified for the name
+ * (and SNI carries it). The name is never handed to the runtime to resolve again, so a name
+ * that now resolves to a private address is never reached (DNS rebinding). A kept-alive
+ * connection was checked when it was opened. A refusal throws `EndpointRefused` before any
+ * connection is made. (Deno Deploy's "Pricing and limitations" page says `Deno.connect` to
+ * port 443 is prohibited there, `Deno.connectTls` required; `connectTls` takes one `hostname`
+ * for both the address and the certificate, so it cannot pin a checked address.)
+ *
  * A keep-alive connection can be closed by the server just as it is reused. When that happens
  * before any byte of the answer arrived, the request is sent once more on a new connection,
  * as browsers do: the server closed the connection without answering, so it did not act on
@@ -24,6 +35,8 @@
  *
  * @module
  */
+
+import { checkHost, connectionRefusal, type HostCheck, type Resolver } from "../address_policy.ts";
 
 /** A push service's answer: the status and its headers. */
 export interface PostResponse {
@@ -47,8 +60,24 @@ export interface Http1ClientOptions {
   idleTimeoutMs?: number;
   /** Idle connections kept per origin; more are closed as they come free. @default 256 */
   maxIdlePerOrigin?: number;
-  /** Sends to origins that do not speak HTTP/1.1 (e.g. `fetch`, which negotiates HTTP/2). */
+  /**
+   * Sends to origins that do not speak HTTP/1.1 (e.g. `fetch`, which negotiates HTTP/2). It is
+   * not held to `endpointPolicy`: give none that resolves names itself with the policy on.
+   */
   fallback?: Post;
+  /** Holds every new connection to the endpoint policy (module doc). Absent: no check. */
+  endpointPolicy?: ConnectionPolicy;
+}
+
+/** Opens a TCP connection to an IP address the endpoint policy allowed. */
+export type Connect = (address: { hostname: string; port: number }) => Promise<Deno.TcpConn>;
+
+/** How the client applies the endpoint policy to new connections. */
+export interface ConnectionPolicy {
+  /** Resolves the endpoint's host (A and AAAA). */
+  resolve: Resolver;
+  /** Opens the TCP connection to a checked address (tests map one to a local server). */
+  connect?: Connect;
 }
 
 export interface Http1Client {
@@ -62,9 +91,49 @@ export interface Http1Client {
 }
 
 /** The peer does not speak HTTP/1.1 (ALPN refused, or it answered in another protocol). */
-class ProtocolMismatch extends Error {
+export class ProtocolMismatch extends Error {
   override name = "ProtocolMismatch";
 }
+
+/**
+ * The endpoint policy let no connection be made, so nothing was sent. `refused`: the URL or an
+ * address of its host is not allowed; `unresolved`: the name has no address now. The message
+ * names the rule, never the endpoint or an address.
+ */
+export class EndpointRefused extends Error {
+  override name = "EndpointRefused";
+  constructor(readonly kind: "refused" | "unresolved", message: string) {
+    super(message);
+  }
+}
+
+/** Checks `url` against the endpoint policy; the addresses a connection may use. */
+async function allowedAddresses(
+  url: URL,
+  lookup: (host: string) => Promise<HostCheck>,
+): Promise<string[]> {
+  const refusal = connectionRefusal(url);
+  if (refusal) throw new EndpointRefused("refused", refusal);
+  const check = await lookup(url.hostname);
+  if (!check.ok) throw new EndpointRefused(check.kind, check.reason);
+  return check.addresses;
+}
+
+/** Settles with `work`, or rejects with `signal`'s reason first (for work with no resource). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (!signal) return work;
+  if (signal.aborted) {
+    work.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+const denoConnect: Connect = (address) => Deno.connect(address);
 
 /** The connection ended before any byte of the answer: safe to send again (module doc). */
 class NothingReceived extends Error {
@@ -335,7 +404,7 @@ function isAlpnRefusal(err: unknown): boolean {
 export function createHttp1Client(options: Http1ClientOptions = {}): Http1Client {
   const idleTimeoutMs = options.idleTimeoutMs ?? 30_000;
   const maxIdle = options.maxIdlePerOrigin ?? 256;
-  const { caCerts, fallback } = options;
+  const { caCerts, fallback, endpointPolicy } = options;
   const pools = new Map<string, Connection[]>();
   const open = new Set<Connection>();
   /** Origins that refused HTTP/1.1: they go to `fallback`. */
@@ -344,6 +413,67 @@ export function createHttp1Client(options: Http1ClientOptions = {}): Http1Client
   let closed = false;
 
   const forget = (c: Connection) => open.delete(c);
+
+  /** Host checks in progress: concurrent new connections to one host share one lookup. */
+  const lookups = new Map<string, Promise<HostCheck>>();
+  function lookup(host: string): Promise<HostCheck> {
+    let check = lookups.get(host);
+    if (!check) {
+      check = checkHost(host, endpointPolicy!.resolve).finally(() => lookups.delete(host));
+      lookups.set(host, check);
+    }
+    return check;
+  }
+
+  /** A TCP connection to the first checked address that answers (they are all public). */
+  async function dial(addresses: string[], port: number, signal?: AbortSignal) {
+    const connect = endpointPolicy?.connect ?? denoConnect;
+    let failure: unknown;
+    for (const hostname of addresses) {
+      signal?.throwIfAborted();
+      try {
+        return await connect({ hostname, port });
+      } catch (err) {
+        failure = err;
+      }
+    }
+    throw failure;
+  }
+
+  /** The socket for a new connection: by name, or to a checked address under the policy. */
+  async function openSocket(
+    url: URL,
+    hostname: string,
+    port: number,
+    signal: AbortSignal | undefined,
+  ): Promise<Deno.Conn> {
+    const tls = url.protocol === "https:";
+    if (!endpointPolicy) {
+      return await abortable<Deno.Conn>(
+        tls
+          ? Deno.connectTls({
+            hostname,
+            port,
+            alpnProtocols: ["http/1.1"],
+            ...(caCerts ? { caCerts } : {}),
+          })
+          : Deno.connect({ hostname, port }),
+        signal,
+      );
+    }
+    // connectionRefusal admits https: only, so this is always TLS.
+    const addresses = await untilAborted(allowedAddresses(url, lookup), signal);
+    const tcp = await abortable(dial(addresses, port, signal), signal);
+    // TLS for the endpoint's host name, not for the address: the certificate must name it.
+    return await abortable<Deno.Conn>(
+      Deno.startTls(tcp, {
+        hostname,
+        alpnProtocols: ["http/1.1"],
+        ...(caCerts ? { caCerts } : {}),
+      }),
+      signal,
+    );
+  }
 
   function take(origin: string): Connection | undefined {
     const pool = pools.get(origin);
@@ -380,17 +510,7 @@ export function createHttp1Client(options: Http1ClientOptions = {}): Http1Client
     const tls = url.protocol === "https:";
     const hostname = url.hostname.startsWith("[") ? url.hostname.slice(1, -1) : url.hostname;
     const port = url.port ? Number(url.port) : tls ? 443 : 80;
-    const socket = await abortable<Deno.Conn>(
-      tls
-        ? Deno.connectTls({
-          hostname,
-          port,
-          alpnProtocols: ["http/1.1"],
-          ...(caCerts ? { caCerts } : {}),
-        })
-        : Deno.connect({ hostname, port }),
-      signal,
-    );
+    const socket = await openSocket(url, hostname, port, signal);
     if (closed) {
       socket.close();
       throw new Error("HTTP client closed");
@@ -523,9 +643,21 @@ export function createHttp1Client(options: Http1ClientOptions = {}): Http1Client
   };
 }
 
-/** `Post` on a `fetch` function (tests inject one; proxies need `fetch`'s own support). */
-export function fetchPost(fetchFn: typeof fetch): Post {
+/**
+ * `Post` on a `fetch` function (tests inject one; proxies need `fetch`'s own support).
+ *
+ * With `endpointPolicy`, the URL and its host's addresses are checked right before each
+ * request, but `fetch` (or the outbound proxy it goes through) then resolves the name again
+ * itself: a name whose answer changes between the two can still lead elsewhere. This narrows
+ * the window the HTTP/1.1 client closes; it does not close it.
+ */
+export function fetchPost(
+  fetchFn: typeof fetch,
+  options: { endpointPolicy?: Pick<ConnectionPolicy, "resolve"> } = {},
+): Post {
+  const resolve = options.endpointPolicy?.resolve;
   return async (url, headers, body, signal) => {
+    if (resolve) await untilAborted(allowedAddresses(url, (h) => checkHost(h, resolve)), signal);
     const response = await fetchFn(url, {
       method: "POST",
       headers,

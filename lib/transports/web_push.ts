@@ -5,15 +5,30 @@
  * Endpoint URLs identify a device, so they are treated as secrets: no outcome reason, error or
  * log line built here contains one.
  *
+ * With `endpointPolicy`, each connection is held to the endpoint policy (lib/address_policy.ts)
+ * by the HTTP/1.1 client, which connects only to addresses it has just checked. `fetch` cannot
+ * be held to it that way (it resolves names itself), so under the policy an origin that
+ * refuses HTTP/1.1 is not handed to `fetch`: that send is `failed`. A `fetch` given in the
+ * options (an outbound proxy, tests) gets the policy's check right before each request, which
+ * leaves the window described at `fetchPost`.
+ *
  * @module
  */
 
+import type { Resolver } from "../address_policy.ts";
 import { decodeSubscriptionKeys, encryptWebPush, type EphemeralKeyPool } from "../crypto/ece.ts";
 import type { Encryptor } from "../crypto/ece_pool.ts";
 import type { Vapid } from "../crypto/vapid.ts";
 import { utf8 } from "../encoding.ts";
 import { isPushTopic } from "../rfc8030.ts";
-import { createHttp1Client, fetchPost, type Post } from "./http1.ts";
+import {
+  type Connect,
+  createHttp1Client,
+  EndpointRefused,
+  fetchPost,
+  type Post,
+  ProtocolMismatch,
+} from "./http1.ts";
 import {
   type DeliveryOutcome,
   type OutboundMessage,
@@ -39,6 +54,20 @@ export interface WebPushTransportOptions {
    * are encrypted inline with `keyPool` when absent.
    */
   encryptor?: Encryptor;
+  /**
+   * The endpoint policy at every connection (module doc). The relay always sets it; absent,
+   * requests go wherever an endpoint's name resolves (tests against local servers).
+   */
+  endpointPolicy?: {
+    /** Turns the policy off (`RELAY_ALLOW_PRIVATE_ENDPOINTS=1`). */
+    allowPrivate: boolean;
+    /** Resolves endpoint host names (A and AAAA), e.g. `denoResolver` (lib/targets.ts). */
+    resolve: Resolver;
+    /** Opens TCP connections to checked addresses. @default Deno.connect */
+    connect?: Connect;
+  };
+  /** Extra trusted CA certificates (PEM) for the HTTP/1.1 client's TLS (tests). */
+  caCerts?: string[];
 }
 
 /** The Web Push transport; `close()` (or `using`) closes its kept-alive connections. */
@@ -48,14 +77,28 @@ export interface WebPushTransport extends Transport, Disposable {
 
 /**
  * Creates the `web-push` transport. Requests go out on a lean HTTP/1.1 client with keep-alive
- * connections (lib/transports/http1.ts; `fetch` for a push service that refuses HTTP/1.1),
- * or on `options.fetch` when given.
+ * connections (lib/transports/http1.ts; `fetch` for a push service that refuses HTTP/1.1,
+ * unless the endpoint policy is on), or on `options.fetch` when given.
  */
 export function createWebPushTransport(options: WebPushTransportOptions): WebPushTransport {
-  const client = options.fetch
-    ? undefined
-    : createHttp1Client({ fallback: fetchPost(globalThis.fetch) });
-  const post: Post = client ? client.post : fetchPost(options.fetch!);
+  const policy = options.endpointPolicy?.allowPrivate === false
+    ? options.endpointPolicy
+    : undefined;
+  const caCerts = options.caCerts ? { caCerts: options.caCerts } : {};
+  const client = options.fetch ? undefined : createHttp1Client(
+    policy
+      ? {
+        ...caCerts,
+        endpointPolicy: {
+          resolve: policy.resolve,
+          ...(policy.connect ? { connect: policy.connect } : {}),
+        },
+      }
+      : { ...caCerts, fallback: fetchPost(globalThis.fetch) },
+  );
+  const post: Post = client
+    ? client.post
+    : fetchPost(options.fetch!, policy ? { endpointPolicy: policy } : {});
   const { vapid, now, keyPool, encryptor } = options;
 
   /**
@@ -148,6 +191,24 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
         const response = await post(url, headers, body, signal);
         return classify(response.status, response.header("retry-after"), now());
       } catch (err) {
+        if (err instanceof EndpointRefused) {
+          // `failed` (dead-lettered at once), not `retry`: the endpoint's host now resolves, or
+          // its URL leads, where the relay must not connect. That is a decision about where
+          // the endpoint points, not a passing failure: retries would keep the message queued
+          // for its TTL and resolve the name again and again for whoever controls its DNS. Not
+          // `gone` either: the registration stays, and its next message is checked anew. A name
+          // with no address at all may be a passing DNS failure: a `retry` like any other.
+          return err.kind === "refused"
+            ? { kind: "failed", reason: `endpoint refused: ${err.message}` }
+            : { kind: "retry", reason: "network error: name resolution failed" };
+        }
+        if (policy && err instanceof ProtocolMismatch) {
+          // No `fetch` fallback under the policy (module doc).
+          return {
+            kind: "failed",
+            reason: "push service refuses HTTP/1.1 (no fetch under the policy)",
+          };
+        }
         if (signal?.aborted) return { kind: "retry", reason: "aborted" };
         return { kind: "retry", reason: networkReason(err) };
       }
