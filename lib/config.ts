@@ -61,6 +61,31 @@ export interface Config {
   onDenoDeploy: boolean;
   fcm: FcmConfig | null;
   apns: ApnsConfig | null;
+  /**
+   * Header set by a trusted reverse proxy that carries the client's address (lower case), e.g.
+   * `x-forwarded-for` (its last entry is used) or `cf-connecting-ip`; null: never read.
+   */
+  clientIpHeader: string | null;
+  /** Origins allowed to call the client API from a browser; `"*"` any; null: no CORS headers. */
+  corsOrigins: string[] | "*" | null;
+  /** Bearer token `/metrics` requires; null: `/metrics` is public. */
+  metricsToken: string | null;
+  /** Bearer token of the admin API; null: the admin API is off (`404`). */
+  adminToken: string | null;
+  /** Longest time a client may take to send a request's headers and body. */
+  requestTimeoutMs: number;
+  /** Module workers that encrypt Web Push under load; 0 encrypts in the main isolate. */
+  encryptionWorkers: number;
+  /** Another CC/CD 70025 gateway this relay relays to; null: none. */
+  upstream: UpstreamConfig | null;
+}
+
+/** The upstream gateway of CC/CD 70025 §4.2 relaying (README "Relaying to another gateway"). */
+export interface UpstreamConfig {
+  /** Its gateway URL, e.g. `https://push.example.com/gateway` (no trailing slash). */
+  url: string;
+  /** This relay's bearer token there; null when the URL's path names a path-secret app. */
+  token: string | null;
 }
 
 /** A configuration value is wrong; `variable` names the environment variable. */
@@ -226,7 +251,8 @@ export function loadConfig(env: Env): Config {
     );
   }
 
-  const refreshInterval = integer(env, "RELAY_REFRESH_INTERVAL", 172800, 60, 365 * 24 * 3600);
+  // 7 days: WebDAV-Push clients (DAVx⁵) ask for 3 and renew when fewer than 2 are left.
+  const refreshInterval = integer(env, "RELAY_REFRESH_INTERVAL", 604800, 60, 365 * 24 * 3600);
   const ttl = integer(env, "RELAY_TTL", 86400, 0, MAX_TTL);
   const coalesceMs = integer(env, "RELAY_COALESCE_MS", 2000, 0, 3600_000);
   const leaseMs = integer(env, "RELAY_LEASE_MS", 15_000, 1000, 600_000);
@@ -288,6 +314,33 @@ export function loadConfig(env: Env): Config {
     };
   }
 
+  const onDenoDeploy = env.DENO_DEPLOYMENT_ID !== undefined;
+  const clientIpHeader = env.RELAY_CLIENT_IP_HEADER?.trim().toLowerCase() || null;
+  if (clientIpHeader !== null && !/^[!#$%&'*+.^_`|~0-9a-z-]+$/.test(clientIpHeader)) {
+    throw new ConfigError("RELAY_CLIENT_IP_HEADER", `is not a header name: "${clientIpHeader}"`);
+  }
+  const corsOrigins = parseCorsOrigins(env.RELAY_CORS_ORIGINS);
+  const metricsToken = bearerToken(env, "RELAY_METRICS_TOKEN");
+  const adminToken = bearerToken(env, "RELAY_ADMIN_TOKEN");
+  const requestTimeoutMs = integer(env, "RELAY_REQUEST_TIMEOUT_MS", 10_000, 100, 600_000);
+  const cores = globalThis.navigator?.hardwareConcurrency ?? 1;
+  const encryptionWorkers = integer(
+    env,
+    "RELAY_ENCRYPTION_WORKERS",
+    onDenoDeploy ? 0 : Math.min(4, Math.max(1, cores)),
+    0,
+    64,
+  );
+  let upstream: UpstreamConfig | null = null;
+  if (env.RELAY_UPSTREAM_URL) {
+    upstream = {
+      url: httpUrl("RELAY_UPSTREAM_URL", env.RELAY_UPSTREAM_URL),
+      token: bearerToken(env, "RELAY_UPSTREAM_TOKEN"),
+    };
+  } else if (env.RELAY_UPSTREAM_TOKEN) {
+    throw new ConfigError("RELAY_UPSTREAM_TOKEN", "needs RELAY_UPSTREAM_URL");
+  }
+
   return {
     port,
     publicUrl,
@@ -303,8 +356,48 @@ export function loadConfig(env: Env): Config {
     registrationRateLimit,
     allowPrivateEndpoints,
     outboundProxy,
-    onDenoDeploy: env.DENO_DEPLOYMENT_ID !== undefined,
+    onDenoDeploy,
     fcm,
     apns,
+    clientIpHeader,
+    corsOrigins,
+    metricsToken,
+    adminToken,
+    requestTimeoutMs,
+    encryptionWorkers,
+    upstream,
   };
+}
+
+/** A bearer token from the environment: at least 16 characters, no spaces; unset is null. */
+function bearerToken(env: Env, name: string): string | null {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return null;
+  if (raw.length < 16 || /\s/.test(raw)) {
+    throw new ConfigError(name, "must be a token of at least 16 characters without spaces");
+  }
+  return raw;
+}
+
+/** `RELAY_CORS_ORIGINS`: comma-separated origins (`https://app.example`), or `*`. */
+export function parseCorsOrigins(raw: string | undefined): string[] | "*" | null {
+  if (raw === undefined || raw.trim() === "") return null;
+  if (raw.trim() === "*") return "*";
+  const origins: string[] = [];
+  for (const part of raw.split(",").map((p) => p.trim()).filter((p) => p !== "")) {
+    let url: URL;
+    try {
+      url = new URL(part);
+    } catch {
+      throw new ConfigError("RELAY_CORS_ORIGINS", `"${part}" is not an origin`);
+    }
+    if ((url.protocol !== "https:" && url.protocol !== "http:") || url.origin !== part) {
+      throw new ConfigError(
+        "RELAY_CORS_ORIGINS",
+        `"${part}" is not an origin (scheme://host[:port], no path)`,
+      );
+    }
+    origins.push(url.origin);
+  }
+  return origins;
 }

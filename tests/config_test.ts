@@ -23,7 +23,15 @@ Deno.test("loadConfig() with no environment gives the contract's defaults (dev m
   assert.equal(c.secret, null);
   assert.equal(c.vapid, null);
   assert.equal(c.vapidSubject, "mailto:relay@localhost");
-  assert.equal(c.refreshInterval, 172800);
+  assert.equal(c.refreshInterval, 604800);
+  assert.equal(c.clientIpHeader, null);
+  assert.equal(c.corsOrigins, null);
+  assert.equal(c.metricsToken, null);
+  assert.equal(c.adminToken, null);
+  assert.equal(c.requestTimeoutMs, 10_000);
+  assert.equal(c.upstream, null);
+  assert.equal(loadConfig({ DENO_DEPLOYMENT_ID: "x" }).encryptionWorkers, 0);
+  assert.ok(c.encryptionWorkers >= 1 && c.encryptionWorkers <= 4);
   assert.equal(c.ttl, 86400);
   assert.equal(c.coalesceMs, 2000);
   assert.equal(c.registrationRateLimit, 60);
@@ -110,4 +118,35 @@ Deno.test("Config errors never echo a secret value", () => {
   } catch (err) {
     assert.equal((err as Error).message.includes(secret), false);
   }
+});
+
+Deno.test("loadConfig() reads the operator variables: client address header, CORS, tokens, timeouts, workers, upstream", () => {
+  const c = loadConfig({
+    RELAY_CLIENT_IP_HEADER: "X-Forwarded-For",
+    RELAY_CORS_ORIGINS: "https://app.example, http://localhost:5173",
+    RELAY_METRICS_TOKEN: "metrics-token-0123456789",
+    RELAY_ADMIN_TOKEN: "admin-token-0123456789ab",
+    RELAY_REQUEST_TIMEOUT_MS: "5000",
+    RELAY_ENCRYPTION_WORKERS: "0",
+    RELAY_UPSTREAM_URL: "https://push.example.com/gateway/",
+    RELAY_UPSTREAM_TOKEN: "upstream-token-012345",
+  });
+  assert.equal(c.clientIpHeader, "x-forwarded-for");
+  assert.deepEqual(c.corsOrigins, ["https://app.example", "http://localhost:5173"]);
+  assert.equal(c.metricsToken, "metrics-token-0123456789");
+  assert.equal(c.adminToken, "admin-token-0123456789ab");
+  assert.equal(c.requestTimeoutMs, 5000);
+  assert.equal(c.encryptionWorkers, 0);
+  assert.deepEqual(c.upstream, {
+    url: "https://push.example.com/gateway",
+    token: "upstream-token-012345",
+  });
+  assert.equal(loadConfig({ RELAY_CORS_ORIGINS: "*" }).corsOrigins, "*");
+  refused({ RELAY_CORS_ORIGINS: "https://app.example/path" }, "RELAY_CORS_ORIGINS");
+  refused({ RELAY_METRICS_TOKEN: "short" }, "RELAY_METRICS_TOKEN");
+  refused({ RELAY_ADMIN_TOKEN: "has a space in it, long" }, "RELAY_ADMIN_TOKEN");
+  refused({ RELAY_UPSTREAM_TOKEN: "upstream-token-012345" }, "RELAY_UPSTREAM_TOKEN");
+  refused({ RELAY_UPSTREAM_URL: "ftp://x" }, "RELAY_UPSTREAM_URL");
+  refused({ RELAY_REQUEST_TIMEOUT_MS: "soon" }, "RELAY_REQUEST_TIMEOUT_MS");
+  refused({ RELAY_CLIENT_IP_HEADER: "bad header" }, "RELAY_CLIENT_IP_HEADER");
 });

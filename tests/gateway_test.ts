@@ -18,7 +18,7 @@ Deno.test("§5.1, §6.1.1: bootstrap lists web-push with refresh-interval and fl
     assert.equal(body["push-transports"].length, 1);
     const t = body["push-transports"][0].transport;
     assert.equal(t["transport-uri"], WP);
-    assert.equal(t["refresh-interval"], 172800);
+    assert.equal(t["refresh-interval"], 604800);
     assert.equal(typeof t["transport-data"]["vapid-public-key"], "string");
     for (const v of Object.values(t["transport-data"])) assert.equal(typeof v, "string");
     const get = await h.request("/transports");
@@ -253,14 +253,14 @@ Deno.test("§6.2.1.6 MUST NOT: an expiry beyond the refresh interval is refused 
   try {
     const a = await h.registerDevice();
     const before = await h.dump();
-    const tooLate = new Date(T0 + (172800 + 301) * 1000).toISOString();
+    const tooLate = new Date(T0 + (604800 + 301) * 1000).toISOString();
     const res = await h.subscribe(a["client-data"], ["t1"], { expires: tooLate });
     assert.equal(res.status, 400);
-    assert.deepEqual((await res.json()).error["refresh-interval"], 172800);
+    assert.deepEqual((await res.json()).error["refresh-interval"], 604800);
     assert.deepEqual(await h.dump(), before);
     // Within the 300 s clock-skew allowance it is accepted.
     const ok = await h.subscribe(a["client-data"], ["t1"], {
-      expires: new Date(T0 + (172800 + 299) * 1000).toISOString(),
+      expires: new Date(T0 + (604800 + 299) * 1000).toISOString(),
     });
     assert.equal(ok.status, 200);
   } finally {

@@ -36,7 +36,7 @@ Deno.test("POST /registrations takes PushSubscription.toJSON() and answers 201 w
       "transport-uri",
     ]);
     assert.equal(body["transport-uri"], `${PUBLIC_URL}/transports/web-push`);
-    assert.equal(body["refresh-interval"], 172800);
+    assert.equal(body["refresh-interval"], 604800);
     assert.match(body["client-id"], /^[A-Za-z0-9_-]{22}$/);
     assert.match(body["client-data"], /^[A-Za-z0-9_-]+$/);
     // §8.3: the client-data does not carry the endpoint in any readable form.
