@@ -110,3 +110,8 @@ export function timingSafeEqual(a: string, b: string): boolean {
   for (let i = 0; i < n; i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
   return diff === 0;
 }
+
+/** Any view (a Node.js `Buffer`, say) as a plain `Uint8Array` over the same bytes. */
+export function viewBytes(view: ArrayBufferView): Uint8Array {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}

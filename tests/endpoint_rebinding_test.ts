@@ -145,8 +145,9 @@ for (
           body: aes128gcmBody(),
         });
         assert.equal(res.status, 201);
+        // One delivery at a time: concurrent new connections to one host share a lookup.
+        await settle(h);
       }
-      await settle(h);
 
       assert.equal(loopback.accepted, 0);
       // Registration's lookup, then one per delivery.
