@@ -9,7 +9,7 @@
  */
 
 import type { Hono } from "hono";
-import type { AppConfig, Config } from "./lib/config.ts";
+import type { AppConfig, Config, UpstreamConfig } from "./lib/config.ts";
 import { createEphemeralKeyPool, fastestP256Backend } from "./lib/crypto/ece.ts";
 import { createEncryptionPool } from "./lib/crypto/ece_pool.ts";
 import { createVapid, generateVapidKeys, type VapidKeys } from "./lib/crypto/vapid.ts";
@@ -29,6 +29,7 @@ import { bounded } from "./lib/transports/bounded.ts";
 import { createFcmTransport, parseServiceAccount } from "./lib/transports/fcm.ts";
 import type { Transport, TransportId } from "./lib/transports/types.ts";
 import { createWebPushTransport } from "./lib/transports/web_push.ts";
+import { Upstream, type UpstreamOptions } from "./lib/upstream.ts";
 import { createApp } from "./routes/mod.ts";
 
 export interface RelayOptions {
@@ -64,6 +65,8 @@ export interface Relay {
   apps: AppConfig[];
   vapidPublicKey: string;
   transports: TransportInfo[];
+  /** The gateway this relay relays to (`RELAY_UPSTREAM_URL`), with its status; null: none. */
+  upstream: Upstream | null;
 }
 
 /** Keys and secrets: from the config when set, else generated once and kept in KV. */
@@ -163,7 +166,17 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     infos.push({ id: "apns", uri: uri("apns"), data: { topic: config.apns.topic } });
   }
 
-  const metrics = new Metrics(infos.map((t) => t.id));
+  const upstream = config.upstream
+    ? await createUpstream(store, config.upstream, {
+      ownUris: infos.map((t) => t.uri),
+      fetch: doFetch,
+      now,
+      logger,
+      timeoutMs,
+    })
+    : null;
+  // Upstream deliveries are counted under the transport label "upstream".
+  const metrics = new Metrics([...infos.map((t) => t.id), ...(upstream ? ["upstream"] : [])]);
   const engine = new DeliveryEngine({
     store,
     transports: { ...transports, ...options.transports },
@@ -176,6 +189,11 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     leaseMs: config.leaseMs,
     // Web Push ingress: an undelivered message replaced by a newer one with its Topic.
     superseded: (d) => ingressSuperseded(store, d),
+    // The upstream's push requests go through the delivery queue; every tick refreshes its
+    // bootstrap when that is due (main.ts ticks at start, so it is fetched at start too).
+    ...(upstream
+      ? { upstream, periodic: (signal: AbortSignal) => upstream.refreshIfDue(signal) }
+      : {}),
     ...options.delivery,
   });
   const pathApps = apps.filter((a) => a.token === null).map((a) => a.id);
@@ -192,6 +210,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     now,
     logger,
     appLabel,
+    upstream,
   });
   const registrations = new Registrations({
     store,
@@ -237,5 +256,22 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     apps,
     vapidPublicKey: vapid.publicKey,
     transports: infos,
+    upstream,
   };
+}
+
+/**
+ * The upstream gateway (README "Relaying to another gateway"): this relay's name in `Via`,
+ * generated once and kept in KV, and the upstream's bootstrap as last stored.
+ */
+async function createUpstream(
+  store: Store,
+  config: UpstreamConfig,
+  o: Pick<UpstreamOptions, "ownUris" | "fetch" | "now" | "logger" | "timeoutMs">,
+): Promise<Upstream> {
+  const relayId = (await store.meta.getOrCreate("relay-id", () => `relay-${randomToken(9)}`))
+    .value;
+  const upstream = new Upstream({ ...o, config, relayId, store });
+  await upstream.load();
+  return upstream;
 }

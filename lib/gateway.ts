@@ -10,11 +10,12 @@ import type { Config } from "./config.ts";
 import type { DeliveryEngine } from "./delivery/engine.ts";
 import { RelayError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import type { PushMessage } from "./model.ts";
+import type { PushMessage, ViaHop } from "./model.ts";
 import type { Sealer } from "./seal.ts";
 import type { Store } from "./store/mod.ts";
 import { type Clock, formatRfc3339 } from "./time.ts";
 import type { TransportId } from "./transports/types.ts";
+import type { Upstream } from "./upstream.ts";
 
 /** One transport as bootstrap lists it (CC/CD 70025 §6.1.1). */
 export interface TransportInfo {
@@ -35,6 +36,14 @@ export interface GatewayOptions {
   logger: Logger;
   /** How an app appears in logs: path-authenticated app ids are secrets (README "Configuration"). */
   appLabel?: (app: string) => string;
+  /** The gateway this relay relays to (README "Relaying to another gateway"); null: none. */
+  upstream?: Upstream | null;
+}
+
+/** What a request's route read besides its body. */
+export interface RequestContext {
+  /** The request's `Via` list (RFC 9110 §7.6.3); empty when it had none. */
+  via?: ViaHop[];
 }
 
 export interface SubscribeRequest {
@@ -75,17 +84,28 @@ export class Gateway {
     this.label = o.appLabel ?? ((app) => app);
   }
 
-  /** CC/CD 70025 §5.1: the transports this gateway offers. */
+  /**
+   * CC/CD 70025 §5.1: the transports this gateway offers, then those of the gateway it relays
+   * to, as that one listed them (§4).
+   */
   bootstrap(): { "push-transports": unknown[] } {
     return {
-      "push-transports": this.o.transports.map((t) => ({
-        transport: {
-          "transport-uri": t.uri,
-          "refresh-interval": this.o.config.refreshInterval,
-          "transport-data": t.data,
-        },
-      })),
+      "push-transports": [
+        ...this.o.transports.map((t) => ({
+          transport: {
+            "transport-uri": t.uri,
+            "refresh-interval": this.o.config.refreshInterval,
+            "transport-data": t.data,
+          },
+        })),
+        ...(this.o.upstream?.transports() ?? []),
+      ],
     };
+  }
+
+  /** True when this relay relays to an upstream gateway (and so reads `Via`). */
+  get relaying(): boolean {
+    return Boolean(this.o.upstream);
   }
 
   /** The transport a transport-uri names, or null. */
@@ -101,8 +121,25 @@ export class Gateway {
    * CC/CD 70025 §5.3 / §6.1.2: creates or refreshes (app, topic, client) for every topic, or
    * unsubscribes them when `expires` has passed (§5.2.2). All checks happen before any write.
    */
-  async subscribe(app: string, req: SubscribeRequest): Promise<{ "push-url": string }> {
+  async subscribe(
+    app: string,
+    req: SubscribeRequest,
+    ctx: RequestContext = {},
+  ): Promise<{ "push-url": string }> {
+    const upstream = this.o.upstream;
+    upstream?.refuseLoop(ctx.via ?? []);
     const transport = this.transportForUri(req.transportUri);
+    if (!transport && upstream?.offers(req.transportUri)) {
+      // CC/CD 70025 §5.3 MUST: a proxy forwards the subscribe to the proxied gateway; its
+      // refusals come back as they are (thrown), its success with this relay's push-url.
+      await upstream.subscribe(app, req, ctx.via ?? []);
+      this.o.logger.log("info", "subscribe.upstream", {
+        app: this.label(app),
+        topics: req.topics.length,
+        unsubscribe: req.expires <= this.o.now(),
+      });
+      return { "push-url": this.pushUrl(app) };
+    }
     if (!transport) {
       throw new RelayError(
         400,
@@ -186,7 +223,10 @@ export class Gateway {
   async push(
     app: string,
     messages: PushMessage[],
+    ctx: RequestContext = {},
   ): Promise<{ "push-response": Record<string, unknown> }> {
+    const upstream = this.o.upstream;
+    upstream?.refuseLoop(ctx.via ?? []);
     const now = this.o.now();
     const topics = [...new Set(messages.map((m) => m.topic))];
     const active = new Set<string>();
@@ -198,8 +238,18 @@ export class Gateway {
       );
       chunk.forEach((t, j) => found[j] && active.add(t));
     }
-    await this.o.engine.accept(app, messages.filter((m) => active.has(m.topic)));
-    const missing = topics.filter((t) => !active.has(t));
+    // CC/CD 70025 §4.2: topics the topic-to-gateway map routes upstream go there (as well).
+    const relayed = upstream ? await upstream.relayed(app, topics, now) : new Set<string>();
+    const upward = messages.filter((m) => relayed.has(m.topic));
+    await Promise.all([
+      this.o.engine.accept(app, messages.filter((m) => active.has(m.topic))),
+      this.o.engine.relay(app, upward, {
+        via: ctx.via ?? [],
+        // Those also delivered here are counted as received once, by the local accept.
+        received: upward.filter((m) => !active.has(m.topic)).length,
+      }),
+    ]);
+    const missing = topics.filter((t) => !active.has(t) && !relayed.has(t));
     // §5.4 MUST omit the list when every topic had a subscriber.
     return {
       "push-response": missing.length > 0

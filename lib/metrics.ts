@@ -137,7 +137,7 @@ export class Metrics {
   );
   readonly deliveries = new Counter(
     "relay_deliveries_total",
-    "Deliveries by transport and outcome: delivered, pruned (the push service said the device is gone), retried, dead_lettered, failed, replaced (an ingress message superseded by a newer one with its Topic), short_circuited (an open circuit breaker), coalesced (transport any).",
+    "Deliveries by transport and outcome: delivered, pruned (the push service said the device is gone), retried, dead_lettered, failed, replaced (an ingress message superseded by a newer one with its Topic), short_circuited (an open circuit breaker), coalesced (transport any). Transport upstream counts the push requests relayed to an upstream gateway.",
   );
   readonly subscriptionsActive = new Gauge(
     "relay_subscriptions_active",

@@ -126,12 +126,34 @@ export type StoredPayload =
   | { kind: "json"; data: Record<string, unknown> }
   | { kind: "encrypted"; body: Uint8Array };
 
-/** One delivery to one client, waiting in the delivery queue. */
+/** One entry of an HTTP `Via` list (RFC 9110 §7.6.3), comments left out. */
+export interface ViaHop {
+  /** `received-protocol`, e.g. `1.1` or `HTTP/1.1`. */
+  protocol: string;
+  /** `received-by`: a host (with port) or a pseudonym such as a relay's id. */
+  receivedBy: string;
+}
+
+/**
+ * Where a queued delivery to the upstream gateway comes from (README "Relaying to another
+ * gateway"): the app whose push it carries (its topic-to-gateway map learns from the answer)
+ * and the push's incoming `Via` list, which the forwarded request extends.
+ */
+export interface UpstreamOrigin {
+  app: string;
+  via: ViaHop[];
+}
+
+/**
+ * One delivery waiting in the delivery queue: to one client, or (`reason: "upstream"`, with
+ * `clientId: ""` and `upstream` set) one push request to the upstream gateway whose payload is
+ * the JSON body to send.
+ */
 export interface QueuedDelivery {
   id: string;
   dueAt: number;
   clientId: string;
-  reason: "ack" | "retry" | "trailing" | "ingress";
+  reason: "ack" | "retry" | "trailing" | "ingress" | "upstream";
   payload: StoredPayload;
   priority: number;
   /** The TTL a first attempt carries (RFC 8030 §5.2). */
@@ -142,6 +164,8 @@ export interface QueuedDelivery {
   expiresAt: number;
   lease?: Lease;
   lastError?: string;
+  /** Set on a delivery to the upstream gateway. */
+  upstream?: UpstreamOrigin;
 }
 
 /**

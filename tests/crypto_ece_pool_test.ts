@@ -45,7 +45,8 @@ Deno.test("Encryption pool: under load workers start, and every body decrypts wi
       );
     // The first burst starts the workers (and is encrypted inline meanwhile).
     await run(16);
-    for (let i = 0; i < 200 && pool.workers < 2; i++) await new Promise((r) => setTimeout(r, 25));
+    // Workers take a while to start on a loaded machine: wait for them (up to 60 s), then check.
+    for (let i = 0; i < 2400 && pool.workers < 2; i++) await new Promise((r) => setTimeout(r, 25));
     assert.equal(pool.workers, 2);
     const bodies = await run(64);
     const senders = new Set<string>();

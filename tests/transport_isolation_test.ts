@@ -162,7 +162,9 @@ Deno.test("an FCM that never answers does not slow Web Push or APNs deliveries",
     auth: encodeBase64Url(randomBytes(16)),
   };
 
-  const timeoutMs = 600;
+  // Long enough that the other transports' local deliveries finish first even on a loaded
+  // machine: the test checks the order of events, not durations.
+  const timeoutMs = 2000;
   const fcm = bounded(
     createFcmTransport({
       serviceAccount: parseServiceAccount(account.json(fcmMock.tokenUri)),
@@ -202,13 +204,11 @@ Deno.test("an FCM that never answers does not slow Web Push or APNs deliveries",
       ...Array.from({ length: 8 }, () => timed(apns.send(APNS_TARGET, MESSAGE))),
       ...Array.from({ length: 8 }, () => timed(webPush.send(webPushTarget, MESSAGE))),
     ];
+    let fcmFinished = 0;
+    for (const r of fcmResults) r.then(() => fcmFinished++);
     const done = await Promise.all(others);
     for (const { outcome } of done) assert.equal(outcome.kind, "delivered");
-    const slowest = Math.max(...done.map((d) => d.ms));
-    assert.ok(
-      slowest < timeoutMs - 100,
-      `Web Push and APNs finished in ${Math.round(slowest)} ms, before any FCM timeout`,
-    );
+    assert.equal(fcmFinished, 0, "Web Push and APNs finished before any FCM send ended");
     assert.equal(fcm.inFlight, 2, "FCM holds only its own two slots");
     assert.equal(fcm.queued, 2);
     assert.equal(apnsMock.requests.length, 8);
@@ -219,9 +219,12 @@ Deno.test("an FCM that never answers does not slow Web Push or APNs deliveries",
       assert.deepEqual(outcome, { kind: "retry", reason: "timeout" });
     }
     const fcmTimes = fcmDone.map((d) => d.ms).sort((a, b) => a - b);
+    // Lower bounds only: a slower machine makes these longer, never shorter.
     assert.ok(fcmTimes[0]! >= timeoutMs - 5, "the first FCM sends ran their full timeout");
-    assert.ok(fcmTimes[3]! >= 2 * timeoutMs - 10, "the queued ones waited for a slot");
-    assert.ok(fcmTimes[3]! < 3 * timeoutMs, "and then timed out too");
+    assert.ok(
+      fcmTimes[3]! >= 2 * timeoutMs - 10,
+      "the queued ones waited for a slot, then timed out",
+    );
     assert.equal(fcmMock.sends.length, 4);
     assert.equal(fcmMock.tokenRequests.length, 1);
   } finally {

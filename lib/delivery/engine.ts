@@ -4,7 +4,8 @@
  * - accept.ts records pushes in the outbox before they are answered (group commit,
  *   coalescing: coalesce.ts) and starts their fan-out;
  * - fan_out.ts sends one message to its subscribers and commits its progress;
- * - queued.ts sends single deliveries (acks, ingress, retries);
+ * - queued.ts sends single deliveries (acks, ingress, retries), and upstream.ts the push
+ *   requests to an upstream gateway that go through the same queue;
  * - sender.ts makes each attempt behind the per-service breaker (breaker.ts) and decides what
  *   follows it (retry.ts);
  * - leases.ts holds this process's claims and heartbeat; scan.ts picks up left-over work.
@@ -32,6 +33,7 @@ import { type EnqueueOptions, QueuedDeliveries, queuedKey } from "./queued.ts";
 import { DEFAULT_RETRY, type RetryPolicy } from "./retry.ts";
 import { Scanner } from "./scan.ts";
 import { Sender } from "./sender.ts";
+import { type RelayOptions, UpstreamDeliveries, type UpstreamPusher } from "./upstream.ts";
 
 export interface DeliveryEngineOptions {
   store: Store;
@@ -68,6 +70,13 @@ export interface DeliveryEngineOptions {
    * (Web Push ingress, §5.4); it is then dropped instead of sent.
    */
   superseded?: (d: QueuedDelivery) => Promise<boolean>;
+  /** The upstream gateway's push requests (README "Relaying to another gateway"). */
+  upstream?: UpstreamPusher;
+  /**
+   * Runs with every tick, besides the scan (the upstream's bootstrap refresh); `signal`
+   * aborts at shutdown.
+   */
+  periodic?: (signal: AbortSignal) => Promise<void>;
 }
 
 /** Scan rounds one tick runs at most while scans find more than they may claim. */
@@ -79,6 +88,8 @@ export class DeliveryEngine {
   private readonly leases: Leases;
   private readonly accepter: Accepter;
   private readonly queued: QueuedDeliveries;
+  private readonly upstream: UpstreamDeliveries;
+  private readonly periodic: ((signal: AbortSignal) => Promise<void>) | undefined;
   private readonly scanner: Scanner;
   private readonly fanOutOptions: ConstructorParameters<typeof FanOut>[0];
   private readonly transports: Partial<Record<TransportId, Transport>>;
@@ -144,6 +155,21 @@ export class DeliveryEngine {
       fanOut: (entry) => void this.fanOut(entry),
       wakeAt: (at) => this.scheduleAt(at),
     });
+    this.upstream = new UpstreamDeliveries({
+      store,
+      leases: this.leases,
+      breakers: this.breakers,
+      now,
+      logger,
+      metrics,
+      retry: { ...DEFAULT_RETRY, ...o.retry },
+      random,
+      ttl: o.ttl,
+      signal: this.abort.signal,
+      pusher: o.upstream ?? null,
+      run: (entry) => void this.deliver(entry),
+    });
+    this.periodic = o.periodic;
     this.queued = new QueuedDeliveries({
       store,
       leases: this.leases,
@@ -154,6 +180,7 @@ export class DeliveryEngine {
       ttl: o.ttl,
       stopping,
       run: (entry) => void this.deliver(entry),
+      upstream: this.upstream,
       ...(o.superseded ? { superseded: o.superseded } : {}),
     });
     this.scanner = new Scanner({
@@ -174,6 +201,14 @@ export class DeliveryEngine {
    */
   accept(app: string, messages: PushMessage[]): Promise<void> {
     return this.accepter.accept(app, messages);
+  }
+
+  /**
+   * Records messages for the upstream gateway durably (in the delivery queue), then sends them
+   * at once without waiting. Resolves when the record is durable; throws otherwise.
+   */
+  relay(app: string, messages: PushMessage[], options: RelayOptions): Promise<void> {
+    return this.upstream.accept(app, messages, options);
   }
 
   /** Queues a single delivery to one client (an acknowledging push) and sends it at once. */
@@ -241,9 +276,15 @@ export class DeliveryEngine {
    * One background pass: claims outbox messages that nobody alive holds, sends due queued
    * deliveries, and sweeps expired subscriptions. Resolves when the work it claimed is done;
    * scans again at once while a scan found more than it may claim at a time. Overlapping calls
-   * share one scan.
+   * share one scan. It also starts `periodic` (not awaited; `idle()` and `shutdown()` wait for
+   * it).
    */
   async tick(): Promise<void> {
+    if (this.periodic && !this.stopping) {
+      this.track(this.periodic(this.abort.signal)).catch((err) =>
+        this.logger.log("error", "tick.periodic_error", { error: describeError(err) })
+      );
+    }
     for (let round = 0; round < TICK_ROUNDS && !this.stopping; round++) {
       if (!this.scanning) {
         this.scanning = this.track(this.scanner.scan()).finally(() => {

@@ -16,6 +16,7 @@ import { newId } from "./ids.ts";
 import type { Leases } from "./leases.ts";
 import { attemptTtl } from "./retry.ts";
 import type { Sender } from "./sender.ts";
+import type { UpstreamDeliveries } from "./upstream.ts";
 
 export interface EnqueueOptions {
   reason: QueuedDelivery["reason"];
@@ -38,6 +39,8 @@ export interface QueuedOptions {
   stopping: () => boolean;
   /** Starts sending a delivery this process holds. */
   run: (entry: Entry<QueuedDelivery>) => void;
+  /** Sends the deliveries to the upstream gateway (`reason: "upstream"`). */
+  upstream: UpstreamDeliveries;
   /**
    * True when a queued delivery was replaced by a newer message with the same RFC 8030 Topic
    * (Web Push ingress, §5.4); it is then dropped instead of sent.
@@ -101,6 +104,7 @@ export class QueuedDeliveries {
       await store.queue.release(entry);
       return;
     }
+    if (d.reason === "upstream") return await this.o.upstream.deliver(entry);
     const reg = await store.registrations.get(d.clientId);
     if (!reg) {
       // The client was pruned or deleted: nothing to send.

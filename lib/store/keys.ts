@@ -3,7 +3,7 @@
  *
  * | key | value | written by |
  * |---|---|---|
- * | `["meta", name]` | generated secrets and keys, kept across restarts | meta.ts |
+ * | `["meta", name]` | generated secrets and keys, kept across restarts (`relay-id`: this relay's name in `Via`) | meta.ts |
  * | `["reg", clientId]` | `Registration` | registrations.ts |
  * | `["regt", targetHash]` | clientId: one client per device | registrations.ts |
  * | `["sub", app, topic, clientId]` | `SubscriptionValue` (fan-out reads this prefix) | subscriptions.ts |
@@ -12,12 +12,16 @@
  * | `["stat", "subscriptions"]` | `Deno.KvU64`: how many `sub` records exist, kept in the atomics that write them | subscriptions.ts |
  * | `["outbox", id]` | `OutboxMessage`: one pushed message (or trailing update), its fan-out cursor and lease; ids are time-ordered | outbox.ts |
  * | `["cw", app, topic]` | `CoalesceWindow`: the open coalescing window of a topic (CC/CD 70025 §8.3) | outbox.ts |
- * | `["dq", dueAt, id]` | `QueuedDelivery`: one delivery to one client (acks, retries, ingress) | queue.ts, outbox.ts |
+ * | `["dq", dueAt, id]` | `QueuedDelivery`: one delivery to one client (acks, retries, ingress), or one push request to the upstream gateway (`reason: "upstream"`) | queue.ts, outbox.ts |
  * | `["dead", id]` | `DeadLetter`, kept for 7 days | queue.ts, outbox.ts |
  * | `["worker", owner]` | `WorkerBeat`: a process's heartbeat; its leases are valid while it beats | workers.ts |
  * | `["ingress", id]` | the client behind a Web Push ingress id, and whether it is gone | registrations.ts |
  * | `["ingress-topic", clientId, topic]` | when the newest ingress message with that RFC 8030 `Topic` was accepted | ingress.ts |
  * | `["rl", subject, minute]` | hits counted in one rate-limit window | limits.ts |
+ * | `["upstream", "bootstrap"]` | `StoredBootstrap`: the upstream gateway's transports as last fetched, and from which URL | upstream.ts |
+ * | `["upstream", "check"]` | `BootstrapCheck`: when the last bootstrap fetch ran and whether it got an answer | upstream.ts |
+ * | `["upstream", "push-url"]` | `StoredPushUrl`: the push-url the upstream answered its last subscribe with | upstream.ts |
+ * | `["upmap", app, topic, subscriberKey]` | `MapEntry`: the topic-to-gateway map (CC/CD 70025 §4.2), one entry per subscriber the upstream holds for this app's topic | upstream.ts |
  *
  * Expiry is stored in values and checked on read: KV's `expireIn` only collects garbage (it
  * lags by up to a minute locally).
@@ -68,4 +72,16 @@ export const keys = {
   ingressTopic: (clientId: string, topic: string) => ["ingress-topic", clientId, topic],
 
   rateLimit: (subject: string, window: number) => ["rl", subject, window],
+
+  upstreamBootstrap: ["upstream", "bootstrap"],
+  upstreamCheck: ["upstream", "check"],
+  upstreamPushUrl: ["upstream", "push-url"],
+  upstreamMapEntry: (
+    app: string,
+    topic: string,
+    subscriberKey: string,
+  ) => ["upmap", app, topic, subscriberKey],
+  /** Prefix of the map entries of (app, topic). */
+  upstreamMapTopic: (app: string, topic: string) => ["upmap", app, topic],
+  upstreamMapAll: ["upmap"],
 } as const;

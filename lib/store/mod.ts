@@ -14,11 +14,18 @@ import { OutboxStore } from "./outbox.ts";
 import { QueueStore } from "./queue.ts";
 import { RegistrationStore } from "./registrations.ts";
 import { SubscriptionStore } from "./subscriptions.ts";
+import { UpstreamStore } from "./upstream.ts";
 import { WorkerStore } from "./workers.ts";
 
 export { type Advance, type OutboxWrite, type WindowWrite } from "./outbox.ts";
 export { type FollowUp } from "./queue.ts";
 export { type IngressMarker } from "./ingress.ts";
+export {
+  type BootstrapCheck,
+  type MapEntry,
+  type StoredBootstrap,
+  type StoredPushUrl,
+} from "./upstream.ts";
 export { isBusy, Kv, sizedBatches } from "./kv.ts";
 export { keys } from "./keys.ts";
 
@@ -32,6 +39,7 @@ export interface Store {
   readonly workers: WorkerStore;
   readonly limits: LimitStore;
   readonly ingress: IngressStore;
+  readonly upstream: UpstreamStore;
 }
 
 /** The stores of one KV database. */
@@ -48,5 +56,6 @@ export function createStore(db: Deno.Kv): Store {
     workers: new WorkerStore(kv),
     limits: new LimitStore(kv),
     ingress: new IngressStore(kv),
+    upstream: new UpstreamStore(kv),
   };
 }
