@@ -23,6 +23,8 @@ export interface EnqueueOptions {
   /** Seconds; `RELAY_TTL` when absent. */
   ttl?: number;
   collapseKey?: string;
+  /** The app whose push this delivers, for the dead letter it may become. */
+  app?: string;
 }
 
 export interface QueuedOptions {
@@ -72,6 +74,7 @@ export class QueuedDeliveries {
       priority: options.priority,
       ttl,
       ...(options.collapseKey !== undefined ? { collapseKey: options.collapseKey } : {}),
+      ...(options.app !== undefined ? { app: options.app } : {}),
       attempts: 0,
       createdAt: now,
       expiresAt: now + lifetimeMs,
@@ -113,7 +116,7 @@ export class QueuedDeliveries {
       const rest = { ...d };
       delete rest.lease;
       await store.queue.finish(entry, {
-        dead: { ...rest, id: newId(now), deadAt: now, why: "expired" },
+        dead: { ...rest, id: newId(now), deadAt: now, why: "expired", transport },
       });
       return;
     }
