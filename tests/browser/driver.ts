@@ -151,9 +151,8 @@ async function devtoolsUrl(stderr: ReadableStream<Uint8Array>, timeoutMs: number
   }
 }
 
-export async function launch(options: LaunchOptions = {}): Promise<Page> {
-  const width = options.width ?? 1280;
-  const height = options.height ?? 1000;
+/** Starts the browser and returns its DevTools session on a fresh blank page. */
+async function startBrowser(options: LaunchOptions, width: number, height: number) {
   const timeoutMs = options.timeoutMs ?? 30_000;
   const profile = await Deno.makeTempDir({ prefix: "chromium-profile-" });
   const child = new Deno.Command(options.executable ?? CHROMIUM, {
@@ -176,25 +175,25 @@ export async function launch(options: LaunchOptions = {}): Promise<Page> {
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  let cdp: Cdp;
-  let sessionId: string;
   try {
-    cdp = await Cdp.connect(await devtoolsUrl(child.stderr, timeoutMs));
+    const cdp = await Cdp.connect(await devtoolsUrl(child.stderr, timeoutMs));
     const { targetId } = await cdp.send("Target.createTarget", { url: "about:blank" });
-    ({ sessionId } = await cdp.send("Target.attachToTarget", { targetId, flatten: true }) as {
-      sessionId: string;
-    });
+    const { sessionId } = await cdp.send("Target.attachToTarget", { targetId, flatten: true });
+    return { child, profile, cdp, sessionId: String(sessionId), timeoutMs };
   } catch (err) {
     child.kill("SIGKILL");
     await child.status;
     await Deno.remove(profile, { recursive: true }).catch(() => {});
     throw err;
   }
-  const page = (method: string, params: Record<string, unknown> = {}) =>
-    cdp.send(method, params, sessionId);
-  const errors: string[] = [];
-  cdp.listeners.add((m) => {
-    if (m.sessionId !== sessionId) return;
+}
+
+type Browser = Awaited<ReturnType<typeof startBrowser>>;
+
+/** Collects what the page reports as errors: uncaught exceptions and console or log errors. */
+function collectErrors(b: Browser, errors: string[]): void {
+  b.cdp.listeners.add((m) => {
+    if (m.sessionId !== b.sessionId) return;
     const p = m.params as Record<string, Record<string, unknown>> | undefined;
     if (m.method === "Runtime.exceptionThrown") {
       errors.push(String(p?.exceptionDetails?.text ?? "exception"));
@@ -204,10 +203,62 @@ export async function launch(options: LaunchOptions = {}): Promise<Page> {
       errors.push(JSON.stringify(m.params?.args));
     }
   });
-  await Promise.all([page("Page.enable"), page("Runtime.enable"), page("Log.enable")]);
+}
 
-  const evaluate = async <T>(expression: string): Promise<T> => {
-    const r = await page("Runtime.evaluate", {
+const sel = (selector: string) => `document.querySelector(${JSON.stringify(selector)})`;
+
+class ChromiumPage implements Page {
+  private readonly reported: string[] = [];
+  private closed = false;
+
+  constructor(private readonly b: Browser, private readonly width: number) {
+    collectErrors(b, this.reported);
+  }
+
+  send(method: string, params: Record<string, unknown> = {}) {
+    return this.b.cdp.send(method, params, this.b.sessionId);
+  }
+
+  async goto(url: string): Promise<void> {
+    const loaded = this.b.cdp.once("Page.loadEventFired", this.b.sessionId, this.b.timeoutMs);
+    const r = await this.send("Page.navigate", { url }) as { errorText?: string };
+    if (r.errorText) throw new Error(`Cannot load ${url}: ${r.errorText}`);
+    await loaded;
+  }
+
+  async type(selector: string, text: string): Promise<void> {
+    await this.evaluate(`${sel(selector)}.focus()`);
+    for (const ch of text) {
+      await this.send("Input.dispatchKeyEvent", { type: "keyDown", key: ch, text: ch });
+      await this.send("Input.dispatchKeyEvent", { type: "keyUp", key: ch });
+    }
+  }
+
+  async click(selector: string): Promise<void> {
+    const at = await this.evaluate<{ x: number; y: number } | null>(`(() => {
+      const e = ${sel(selector)};
+      if (!e) return null;
+      e.scrollIntoView({ block: "center" });
+      const r = e.getBoundingClientRect();
+      return { x: r.x + r.width / 2, y: r.y + r.height / 2 };
+    })()`);
+    if (!at) throw new Error(`No element matches ${selector}`);
+    const press = { x: at.x, y: at.y, button: "left", clickCount: 1 };
+    await this.send("Input.dispatchMouseEvent", { type: "mouseMoved", x: at.x, y: at.y });
+    await this.send("Input.dispatchMouseEvent", { type: "mousePressed", ...press });
+    await this.send("Input.dispatchMouseEvent", { type: "mouseReleased", ...press });
+  }
+
+  async waitFor(expression: string, timeoutMs = 10_000): Promise<void> {
+    const until = performance.now() + timeoutMs;
+    while (!(await this.evaluate<boolean>(`Boolean(${expression})`))) {
+      if (performance.now() > until) throw new Error(`Timed out waiting for ${expression}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async evaluate<T = unknown>(expression: string): Promise<T> {
+    const r = await this.send("Runtime.evaluate", {
       expression,
       returnByValue: true,
       awaitPromise: true,
@@ -215,87 +266,63 @@ export async function launch(options: LaunchOptions = {}): Promise<Page> {
       result?: { value?: T };
       exceptionDetails?: { text?: string; exception?: { description?: string } };
     };
-    if (r.exceptionDetails) {
-      throw new Error(
-        `In the page: ${r.exceptionDetails.exception?.description ?? r.exceptionDetails.text}`,
-      );
-    }
+    const failed = r.exceptionDetails;
+    if (failed) throw new Error(`In the page: ${failed.exception?.description ?? failed.text}`);
     return r.result?.value as T;
-  };
-  const sel = (selector: string) => `document.querySelector(${JSON.stringify(selector)})`;
-  let closed = false;
+  }
 
-  const self: Page = {
-    async goto(url) {
-      const loaded = cdp.once("Page.loadEventFired", sessionId, timeoutMs);
-      const r = await page("Page.navigate", { url }) as { errorText?: string };
-      if (r.errorText) throw new Error(`Cannot load ${url}: ${r.errorText}`);
-      await loaded;
-    },
-    async type(selector, text) {
-      await evaluate(`${sel(selector)}.focus()`);
-      for (const ch of text) {
-        await page("Input.dispatchKeyEvent", { type: "keyDown", key: ch, text: ch });
-        await page("Input.dispatchKeyEvent", { type: "keyUp", key: ch });
-      }
-    },
-    async click(selector) {
-      const at = await evaluate<{ x: number; y: number } | null>(`(() => {
-        const e = ${sel(selector)};
-        if (!e) return null;
-        e.scrollIntoView({ block: "center" });
-        const r = e.getBoundingClientRect();
-        return { x: r.x + r.width / 2, y: r.y + r.height / 2 };
-      })()`);
-      if (!at) throw new Error(`No element matches ${selector}`);
-      const base = { x: at.x, y: at.y, button: "left", clickCount: 1 };
-      await page("Input.dispatchMouseEvent", { type: "mouseMoved", x: at.x, y: at.y });
-      await page("Input.dispatchMouseEvent", { type: "mousePressed", ...base });
-      await page("Input.dispatchMouseEvent", { type: "mouseReleased", ...base });
-    },
-    async waitFor(expression, ms = 10_000) {
-      const until = performance.now() + ms;
-      while (!(await evaluate<boolean>(`Boolean(${expression})`))) {
-        if (performance.now() > until) throw new Error(`Timed out waiting for ${expression}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    },
-    evaluate,
-    async screenshot(path) {
-      const { cssContentSize } = await page("Page.getLayoutMetrics") as {
-        cssContentSize: { width: number; height: number };
-      };
-      const { data } = await page("Page.captureScreenshot", {
-        format: "png",
-        captureBeyondViewport: true,
-        clip: {
-          x: 0,
-          y: 0,
-          width: Math.max(width, Math.ceil(cssContentSize.width)),
-          height: Math.ceil(cssContentSize.height),
-          scale: 1,
-        },
-      }) as { data: string };
-      await Deno.writeFile(path, Uint8Array.from(atob(data), (c) => c.charCodeAt(0)));
-    },
-    errors: () => [...errors],
-    async close() {
-      if (closed) return;
-      closed = true;
-      await cdp.send("Browser.close").catch(() => {});
-      cdp.close();
-      const timer = setTimeout(() => {
-        try {
-          child.kill("SIGKILL");
-        } catch { /* gone */ }
-      }, 5000);
-      await child.status;
-      clearTimeout(timer);
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
-    },
-    [Symbol.asyncDispose]() {
-      return self.close();
-    },
-  };
-  return self;
+  async screenshot(path: string): Promise<void> {
+    const { cssContentSize } = await this.send("Page.getLayoutMetrics") as {
+      cssContentSize: { width: number; height: number };
+    };
+    const { data } = await this.send("Page.captureScreenshot", {
+      format: "png",
+      captureBeyondViewport: true,
+      clip: {
+        x: 0,
+        y: 0,
+        width: Math.max(this.width, Math.ceil(cssContentSize.width)),
+        height: Math.ceil(cssContentSize.height),
+        scale: 1,
+      },
+    }) as { data: string };
+    await Deno.writeFile(path, Uint8Array.from(atob(data), (c) => c.charCodeAt(0)));
+  }
+
+  errors(): string[] {
+    return [...this.reported];
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const { cdp, child, profile } = this.b;
+    await cdp.send("Browser.close").catch(() => {});
+    cdp.close();
+    const timer = setTimeout(() => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 5000);
+    await child.status;
+    clearTimeout(timer);
+    await Deno.remove(profile, { recursive: true }).catch(() => {});
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/** Starts a headless Chromium with one blank page. */
+export async function launch(options: LaunchOptions = {}): Promise<Page> {
+  const width = options.width ?? 1280;
+  const browser = await startBrowser(options, width, options.height ?? 1000);
+  const page = new ChromiumPage(browser, width);
+  await Promise.all([
+    page.send("Page.enable"),
+    page.send("Runtime.enable"),
+    page.send("Log.enable"),
+  ]);
+  return page;
 }
