@@ -9,12 +9,14 @@
  */
 
 import type { Hono } from "hono";
+import { Admin, checkAdminToken } from "./lib/admin.ts";
 import type { AppConfig, Config, UpstreamConfig } from "./lib/config.ts";
 import { createEphemeralKeyPool, fastestP256Backend } from "./lib/crypto/ece.ts";
 import { createEncryptionPool } from "./lib/crypto/ece_pool.ts";
 import { createVapid, generateVapidKeys, type VapidKeys } from "./lib/crypto/vapid.ts";
 import { DeliveryEngine, type DeliveryEngineOptions } from "./lib/delivery/engine.ts";
 import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./lib/encoding.ts";
+import { describeError } from "./lib/errors.ts";
 import { Gateway, type TransportInfo } from "./lib/gateway.ts";
 import { Ingress, type IngressOptions, ingressSuperseded } from "./lib/ingress.ts";
 import { consoleLogger, type Logger } from "./lib/log.ts";
@@ -62,6 +64,7 @@ export interface Relay {
   store: Store;
   gateway: Gateway;
   metrics: Metrics;
+  admin: Admin;
   apps: AppConfig[];
   vapidPublicKey: string;
   transports: TransportInfo[];
@@ -99,6 +102,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   // Two processes opening one fresh SQLite file at once can meet "database is locked" on their
   // first writes; the store retries those (lib/store/kv.ts).
   const { secret, vapid, apps } = await loadSecrets(store, config, options.onDevTokenCreated);
+  checkAdminToken(config.adminToken, apps);
+  const startedAt = now();
   const sealer = await createSealer(secret);
   const timeoutMs = options.sendTimeoutMs ?? 10_000;
 
@@ -118,8 +123,9 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       vapid: vapidSigner,
       now,
       ...(webPushFetch ? { fetch: webPushFetch } : {}),
-      // A fan-out encrypts in workers so that every core works (BENCHMARKS.md).
-      encryptor: createEncryptionPool({ keyPool, p256 }),
+      // A fan-out encrypts in workers so that every core works (BENCHMARKS.md), at most
+      // RELAY_ENCRYPTION_WORKERS of them (0: in this isolate only; each costs tens of MiB).
+      encryptor: createEncryptionPool({ keyPool, p256, maxWorkers: config.encryptionWorkers }),
       // The endpoint policy at every connection, not only at registration.
       endpointPolicy: {
         allowPrivate: config.allowPrivateEndpoints,
@@ -231,6 +237,23 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     logger,
     ...options.ingress,
   });
+  const admin = new Admin({
+    store,
+    metrics,
+    breakers: engine.breakers,
+    apps,
+    appLabel,
+    transports: infos.map((t) => t.id),
+    now,
+    ttl: config.ttl,
+    startedAt,
+    // The relaying client's reachability (README "Relaying to another gateway").
+    ...(upstream ? { upstream: () => upstream.status() } : {}),
+    wake: () =>
+      void engine.tick().catch((err) =>
+        logger.log("error", "tick.error", { error: describeError(err) })
+      ),
+  });
   const app = createApp({
     config,
     apps,
@@ -246,6 +269,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     logger,
     metrics,
     now,
+    admin: { token: config.adminToken, admin },
   });
   return {
     app,
@@ -253,6 +277,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     store,
     gateway,
     metrics,
+    admin,
     apps,
     vapidPublicKey: vapid.publicKey,
     transports: infos,

@@ -209,7 +209,7 @@ export class Gateway {
       await this.o.engine.enqueue(
         claims.clientId,
         { kind: "json", data: ackPayload(created, formatRfc3339(req.expires)) },
-        { reason: "ack", priority: 50 },
+        { reason: "ack", priority: 50, app },
       );
     }
     return pushUrl;

@@ -25,6 +25,12 @@ export interface SubscriptionValue {
   /** Epoch ms after which the subscription is void (CC/CD 70025 §6.2.2.1). */
   exp: number;
   tr: TransportId;
+  /**
+   * Counted in its app's subscription and registration counters. Records written before
+   * those counters existed lack it: they are counted once they are refreshed, and never
+   * subtracted.
+   */
+  c?: true;
 }
 
 /** A subscriber of a topic, as a fan-out reads it. */
@@ -166,18 +172,36 @@ export interface QueuedDelivery {
   lastError?: string;
   /** Set on a delivery to the upstream gateway. */
   upstream?: UpstreamOrigin;
+  /** The push service's status on the last attempt, when it answered one. */
+  lastStatus?: number;
+  /** The app whose push this delivers (absent for ingress messages and older records). */
+  app?: string;
+  /** The keyed hash of the DAV topic it is about (absent for acks, ingress and older records). */
+  topicHash?: string;
 }
 
 /**
  * A delivery given up on (too many attempts, past its TTL, or refused for good), kept and
  * counted rather than dropped. `clientId: ""` with `remainingAfter` marks a fan-out whose
- * message expired before it reached every subscriber (those after that cursor).
+ * message expired before it reached every subscriber (those after that cursor); `message`
+ * then holds what a retry needs to resume it. Records written before `transport`, `app`,
+ * `topicHash`, `lastStatus` and `message` existed lack them and are listed all the same.
  */
 export interface DeadLetter extends Omit<QueuedDelivery, "lease"> {
   deadAt: number;
   why: string;
+  /** The transport of the client it was for (absent for a fan-out's rest). */
+  transport?: TransportId;
   remainingAfter?: string | null;
+  /** A fan-out's rest: the message to resume after `remainingAfter`. */
+  message?: FanOutRest;
 }
+
+/** What an outbox message is, without its progress: enough to resume its fan-out. */
+export type FanOutRest = Omit<
+  OutboxMessage,
+  "id" | "cursor" | "lease" | "createdAt" | "expiresAt" | "notBefore"
+>;
 
 /** A KV entry that exists: its key, value and versionstamp. */
 export type Entry<T> = { key: Deno.KvKey; value: T; versionstamp: string };

@@ -16,6 +16,7 @@ import type { Logger } from "../lib/log.ts";
 import type { Metrics } from "../lib/metrics.ts";
 import type { Registrations } from "../lib/registrations.ts";
 import type { Clock } from "../lib/time.ts";
+import { type AdminRouteOptions, adminRoutes } from "./admin.ts";
 import { gatewayRoutes } from "./gateway.ts";
 import { healthRoutes } from "./health.ts";
 import { ingressRoutes } from "./ingress.ts";
@@ -39,6 +40,8 @@ export interface AppDeps {
   logger: Logger;
   metrics: Metrics;
   now: Clock;
+  /** The admin API and page (off, every `/admin` path `404`, while its token is null). */
+  admin?: AdminRouteOptions;
 }
 
 /** Paths as logged: capability segments (path-secret app ids, ingress ids) are masked. */
@@ -80,6 +83,7 @@ export function createApp(deps: AppDeps): Hono {
   app.route("/", gatewayRoutes(deps));
   app.route("/", registrationRoutes(deps));
   app.route("/", ingressRoutes(deps.ingress, deps.now));
+  if (deps.admin) app.route("/", adminRoutes(deps.admin));
 
   app.notFound((c) => c.json(errorBody("not-found", "No such resource"), 404));
 

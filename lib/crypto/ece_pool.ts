@@ -33,8 +33,9 @@ export interface Encryptor {
 
 export interface EncryptionPoolOptions {
   /**
-   * Workers at most. @default one per core (at least 1). Each worker costs tens of MiB of
-   * resident memory (README "Benchmarks" has the figures).
+   * Workers at most; 0 starts none, so every message is encrypted inline (in the isolate that
+   * asks). @default one per core (at least 1). Each worker costs tens of MiB of resident
+   * memory (README "Benchmarks" has the figures); `RELAY_ENCRYPTION_WORKERS` sets it.
    */
   maxWorkers?: number;
   /**
@@ -67,17 +68,21 @@ type Reply = { ready: true } | { id: number; body: Uint8Array } | { id: number; 
 
 /** Creates an encryption pool. Call `close()` when the relay stops (and in tests). */
 export function createEncryptionPool(options: EncryptionPoolOptions = {}): Encryptor {
-  const maxWorkers = Math.max(
-    1,
-    Math.floor(options.maxWorkers ?? globalThis.navigator?.hardwareConcurrency ?? 1),
-  );
+  const maxWorkers = options.maxWorkers ??
+    Math.max(1, globalThis.navigator?.hardwareConcurrency ?? 1);
+  if (!Number.isInteger(maxWorkers) || maxWorkers < 0) {
+    throw new RangeError(
+      `Cannot create the encryption pool: maxWorkers must be an integer of 0 or more, got ${maxWorkers}`,
+    );
+  }
   const startAt = Math.max(1, options.startAt ?? 8);
   const idleMs = options.idleMs ?? 30_000;
   const keyPool = options.keyPool;
   const slots: Slot[] = [];
   let nextId = 1;
   let inline = 0;
-  let broken = typeof Worker !== "function";
+  // No workers at all: every message inline, as where `Worker` is missing.
+  let broken = maxWorkers === 0 || typeof Worker !== "function";
   let closed = false;
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
   let burstStart = -Infinity;

@@ -128,7 +128,7 @@ export class FanOut {
     const finished = this.state === "listed";
     await this.flush({ force: true, done: finished });
     if (this.state === "lost" || finished) return;
-    if (this.state === "expired") return await this.deadLetterTheRest();
+    if (this.state === "expired") return await this.deadLetterTheRest(collapseKey);
     await this.giveBack();
   }
 
@@ -267,6 +267,8 @@ export class FanOut {
       expiresAt: m.expiresAt,
       attempts: 0,
       reason: "retry",
+      app: m.app,
+      topicHash: collapseKey,
     });
     item.retry = follow.retry ?? null;
     item.dead = follow.dead ?? null;
@@ -320,9 +322,18 @@ export class FanOut {
    * CC/CD 70025 §5.4: never silently dropped. The message outlived its TTL before it reached
    * everyone: keep a dead letter for the rest and end the fan-out.
    */
-  private async deadLetterTheRest(): Promise<void> {
+  private async deadLetterTheRest(topicHash: string): Promise<void> {
     const now = this.o.now();
     const m = this.m;
+    const {
+      id: _id,
+      cursor: _c,
+      lease: _l,
+      createdAt: _ca,
+      expiresAt: _e,
+      notBefore: _n,
+      ...rest
+    } = m;
     this.o.metrics.deliveries.inc({ transport: "any", outcome: "dead_lettered" });
     this.o.logger.log("warn", "fanout.expired", { message: m.id });
     const dead: DeadLetter = {
@@ -339,6 +350,9 @@ export class FanOut {
       deadAt: now,
       why: "message expired before its fan-out finished",
       remainingAfter: this.entry.value.cursor,
+      app: m.app,
+      topicHash,
+      message: rest,
     };
     await this.o.store.outbox.advance(this.entry, {
       cursor: this.entry.value.cursor,

@@ -24,6 +24,8 @@ export interface EnqueueOptions {
   /** Seconds; `RELAY_TTL` when absent. */
   ttl?: number;
   collapseKey?: string;
+  /** The app whose push this delivers, for the dead letter it may become. */
+  app?: string;
 }
 
 export interface QueuedOptions {
@@ -75,6 +77,7 @@ export class QueuedDeliveries {
       priority: options.priority,
       ttl,
       ...(options.collapseKey !== undefined ? { collapseKey: options.collapseKey } : {}),
+      ...(options.app !== undefined ? { app: options.app } : {}),
       attempts: 0,
       createdAt: now,
       expiresAt: now + lifetimeMs,
@@ -117,7 +120,7 @@ export class QueuedDeliveries {
       const rest = { ...d };
       delete rest.lease;
       await store.queue.finish(entry, {
-        dead: { ...rest, id: newId(now), deadAt: now, why: "expired" },
+        dead: { ...rest, id: newId(now), deadAt: now, why: "expired", transport },
       });
       return;
     }

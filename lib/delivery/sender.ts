@@ -132,9 +132,15 @@ export class Sender {
       policy: this.o.retry,
       random: this.o.random,
     });
-    // A queued delivery's lease ends with this attempt.
-    const { lease: _lease, ...rest } = d as Attempted & { lease?: unknown };
-    const base = { ...rest, clientId: reg.clientId, attempts };
+    // A queued delivery's lease ends with this attempt; its last status is this attempt's.
+    const { lease: _lease, lastStatus: _before, ...rest } = d as Attempted & { lease?: unknown };
+    const status = "status" in sent.outcome ? sent.outcome.status : undefined;
+    const base = {
+      ...rest,
+      clientId: reg.clientId,
+      attempts,
+      ...(status !== undefined ? { lastStatus: status } : {}),
+    };
     switch (step.kind) {
       case "done":
         return {};
@@ -172,6 +178,7 @@ export class Sender {
             deadAt: now,
             why: step.why,
             lastError: step.lastError,
+            transport: tid,
           },
         };
       }

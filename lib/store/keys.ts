@@ -3,13 +3,16 @@
  *
  * | key | value | written by |
  * |---|---|---|
- * | `["meta", name]` | generated secrets and keys, kept across restarts (`relay-id`: this relay's name in `Via`) | meta.ts |
+ * | `["meta", name]` | generated secrets and keys, kept across restarts (`relay-id`: this relay's name in `Via`; `probe`: the start-up round trip on Deno Deploy) | meta.ts, preflight.ts |
  * | `["reg", clientId]` | `Registration` | registrations.ts |
  * | `["regt", targetHash]` | clientId: one client per device | registrations.ts |
- * | `["sub", app, topic, clientId]` | `SubscriptionValue` (fan-out reads this prefix) | subscriptions.ts |
+ * | `["sub", app, topic, clientId]` | `SubscriptionValue`, with the per-app counters' mark (fan-out reads this prefix) | subscriptions.ts |
  * | `["subc", clientId, app, topic]` | expiry: every subscription of a client | subscriptions.ts |
  * | `["subx", expiresAt, app, topic, clientId]` | null: the expiry sweep (CC/CD 70025 §6.2.1.6) | subscriptions.ts |
  * | `["stat", "subscriptions"]` | `Deno.KvU64`: how many `sub` records exist, kept in the atomics that write them | subscriptions.ts |
+ * | `["stat", "app-subscriptions", app]` | `Deno.KvU64`: the app's counted `sub` records (same atomics) | app_counts.ts |
+ * | `["stat", "app-clients", app]` | `Deno.KvU64`: clients with at least one counted subscription of the app | app_counts.ts |
+ * | `["stat", "client-app", clientId, app]` | `ClientAppCount`: a client's counted subscriptions of an app, checked by every atomic that changes them | app_counts.ts |
  * | `["outbox", id]` | `OutboxMessage`: one pushed message (or trailing update), its fan-out cursor and lease; ids are time-ordered | outbox.ts |
  * | `["cw", app, topic]` | `CoalesceWindow`: the open coalescing window of a topic (CC/CD 70025 §8.3) | outbox.ts |
  * | `["dq", dueAt, id]` | `QueuedDelivery`: one delivery to one client (acks, retries, ingress), or one push request to the upstream gateway (`reason: "upstream"`) | queue.ts, outbox.ts |
@@ -54,6 +57,9 @@ export const keys = {
   /** The first `subx` key, and the first after every expiry at or before `now`. */
   expiriesUntil: (now: number) => ({ start: ["subx"], end: ["subx", now + 1] }),
   subscriptionCount: ["stat", "subscriptions"],
+  appSubscriptionCount: (app: string) => ["stat", "app-subscriptions", app],
+  appClientCount: (app: string) => ["stat", "app-clients", app],
+  clientAppCount: (clientId: string, app: string) => ["stat", "client-app", clientId, app],
 
   outbox: (id: string) => ["outbox", id],
   outboxAll: ["outbox"],

@@ -1,12 +1,12 @@
 /**
  * The delivery queue (`["dq", dueAt, id]`: one delivery to one client, due at `dueAt`) and the
  * dead letters (`["dead", id]`, kept for 7 days): what the relay gave up on is kept and
- * counted, never silently dropped.
+ * counted, never silently dropped; the admin API lists, deletes and requeues them.
  *
  * @module
  */
 
-import type { Beat, DeadLetter, Entry, QueuedDelivery } from "../model.ts";
+import type { Beat, DeadLetter, Entry, OutboxMessage, QueuedDelivery } from "../model.ts";
 import { keys } from "./keys.ts";
 import type { Kv } from "./kv.ts";
 import { writeBeat } from "./workers.ts";
@@ -29,6 +29,16 @@ export interface FollowUp {
   retry?: QueuedDelivery;
   dead?: DeadLetter;
 }
+
+/** A page of dead letters, newest first. */
+export interface DeadLetterPage {
+  entries: Entry<DeadLetter>[];
+  /** The id to continue before (exclusive); null when the list ended. */
+  next: string | null;
+}
+
+/** What a requeued dead letter becomes: a queued delivery, or an outbox message to resume. */
+export type Requeue = { delivery: QueuedDelivery } | { outbox: OutboxMessage };
 
 export class QueueStore {
   constructor(private readonly kv: Kv) {}
@@ -71,5 +81,62 @@ export class QueueStore {
   /** How many dead letters are kept (a scan: status, not a hot path). */
   countDead(): Promise<number> {
     return this.kv.count({ prefix: keys.deadLettersAll });
+  }
+
+  /**
+   * Dead letters newest first (ids are time-ordered), before the id `before` when given:
+   * up to `limit` that `match`, reading at most `scanLimit` records. `next` is where the next
+   * page starts, also when the scan stopped before `limit` matched.
+   */
+  async deadLetters(options: {
+    before?: string;
+    limit: number;
+    scanLimit: number;
+    match: (d: DeadLetter) => boolean;
+  }): Promise<DeadLetterPage> {
+    const { limit, scanLimit, match } = options;
+    const selector: Deno.KvListSelector = options.before === undefined
+      ? { prefix: keys.deadLettersAll }
+      : { prefix: keys.deadLettersAll, end: keys.deadLetter(options.before) };
+    const entries: Entry<DeadLetter>[] = [];
+    let scanned = 0;
+    const list = this.kv.list<DeadLetter>(selector, {
+      reverse: true,
+      limit: scanLimit,
+      batchSize: Math.min(scanLimit, 500),
+    });
+    for await (const e of list) {
+      scanned++;
+      const id = e.key[1] as string;
+      if (match(e.value)) {
+        // One more match than the page holds: there is a next page, starting after the last.
+        if (entries.length === limit) return { entries, next: entries.at(-1)!.key[1] as string };
+        entries.push(e);
+      }
+      if (scanned === scanLimit) return { entries, next: id };
+    }
+    return { entries, next: null };
+  }
+
+  async getDead(id: string): Promise<Entry<DeadLetter> | null> {
+    const e = await this.kv.get<DeadLetter>(keys.deadLetter(id));
+    return e.versionstamp === null ? null : (e as Entry<DeadLetter>);
+  }
+
+  /** Deletes a dead letter; false when it is gone (or changed) meanwhile. */
+  async deleteDead(entry: Entry<DeadLetter>): Promise<boolean> {
+    return await this.kv.commit(this.kv.atomic().check(entry).delete(entry.key));
+  }
+
+  /**
+   * Replaces a dead letter by new work in one atomic: false when the dead letter is gone (or
+   * changed) meanwhile, so two retries of one dead letter never queue it twice.
+   */
+  async requeueDead(entry: Entry<DeadLetter>, next: Requeue): Promise<boolean> {
+    const op = this.kv.atomic().check(entry).delete(entry.key);
+    if ("delivery" in next) writeDelivery(op, next.delivery);
+    else {op.check({ key: keys.outbox(next.outbox.id), versionstamp: null })
+        .set(keys.outbox(next.outbox.id), next.outbox);}
+    return await this.kv.commit(op);
   }
 }

@@ -2,32 +2,39 @@
  * Subscriptions: `["sub", app, topic, clientId]` (what a fan-out reads, in client-id order),
  * with two indexes written in the same atomics, `["subc", clientId, app, topic]` (every
  * subscription of a client, for pruning) and `["subx", exp, app, topic, clientId]` (the expiry
- * sweep), and a counter of `sub` records (`["stat", "subscriptions"]`) so `/metrics` reads one
- * key instead of scanning.
+ * sweep), a counter of `sub` records (`["stat", "subscriptions"]`) so `/metrics` reads one
+ * key instead of scanning, and the per-app counters of app_counts.ts.
  *
- * Each subscription's record is checked in the atomic that changes it, so the counter stays
- * exact when two writers race; batches stay within KV's 100 checks per atomic and its key-size
- * budget whatever the topics' lengths.
+ * Each subscription's record is checked in the atomic that changes it, so the counters stay
+ * exact when two writers race; batches stay within KV's 100 checks per atomic (the per-app
+ * counters check one key per changed (client, app) pair) and its key-size budget whatever the
+ * topics' lengths.
  *
  * @module
  */
 
 import { StorageError } from "../errors.ts";
 import type { Entry, Subscriber, SubscriptionValue, TransportId } from "../model.ts";
+import { ActiveReads } from "./active_reads.ts";
+import { addToCounter, AppCountPlan, counterValue, readAppCounts } from "./app_counts.ts";
 import { keys } from "./keys.ts";
 import { GC_MARGIN_MS, type Kv, sizedBatches, untilCommitted, utf8Length } from "./kv.ts";
 
-const U64 = 1n << 64n;
-
-/** Adds `delta` (which may be negative: KV's sum on a KvU64 wraps modulo 2^64) to the count. */
+/** Adds `delta` (which may be negative) to the count of `sub` records. */
 function addToCount(op: Deno.AtomicOperation, delta: number): void {
-  if (delta === 0) return;
-  const d = BigInt(delta);
-  op.sum(keys.subscriptionCount, d > 0n ? d : U64 + d);
+  addToCounter(op, keys.subscriptionCount, delta);
 }
 
-/** Subscriptions per atomic where each is checked: KV allows 100 checks per atomic. */
-const CHECKED_PER_ATOMIC = 100;
+/**
+ * Subscriptions of one client and app per atomic where each is checked: KV allows 100 checks
+ * per atomic, and one goes to the pair's per-app count.
+ */
+const CHECKED_PER_ATOMIC = 99;
+/**
+ * Subscriptions per atomic where each is checked and may belong to another (client, app)
+ * pair, whose count is checked too.
+ */
+const CHECKED_PAIRS_PER_ATOMIC = 50;
 /** Subscriptions listed per round when removing a client (3 or 4 mutations each). */
 const LISTED_PER_ROUND = 200;
 /**
@@ -42,27 +49,21 @@ function keyBytes(app: string, topic: string, clientId: string): number {
   return 4 * (utf8Length(app) + utf8Length(topic) + utf8Length(clientId) + 32);
 }
 
-/** Batches of checked subscription writes: 100 checks, key bytes with a quarter of headroom. */
-function checkedBatches<T>(items: readonly T[], key: (item: T) => [string, string, string]) {
-  return sizedBatches(
-    items,
-    (i) => (keyBytes(...key(i)) * 5) / 4,
-    KEY_BYTES_PER_ATOMIC,
-    CHECKED_PER_ATOMIC,
-  );
-}
-
-interface ActiveWaiter {
-  now: number;
-  resolve: (active: boolean) => void;
-  reject: (err: unknown) => void;
+/** Batches of checked subscription writes: `maxCount`, key bytes with a quarter of headroom. */
+function checkedBatches<T>(
+  items: readonly T[],
+  key: (item: T) => [string, string, string],
+  maxCount = CHECKED_PER_ATOMIC,
+) {
+  return sizedBatches(items, (i) => (keyBytes(...key(i)) * 5) / 4, KEY_BYTES_PER_ATOMIC, maxCount);
 }
 
 export class SubscriptionStore {
-  /** Callers waiting for the next shared read of a topic (see `hasActiveSubscriber`). */
-  private readonly activeReads = new Map<string, ActiveWaiter[]>();
+  private readonly activeReads: ActiveReads;
 
-  constructor(private readonly kv: Kv) {}
+  constructor(private readonly kv: Kv) {
+    this.activeReads = new ActiveReads(kv);
+  }
 
   /**
    * Creates or refreshes (app, topic, client) with expiry `exp` for every topic (CC/CD 70025
@@ -78,43 +79,53 @@ export class SubscriptionStore {
     now: number,
   ): Promise<string[]> {
     const expireIn = Math.max(1, exp - now) + GC_MARGIN_MS;
-    const batches = await this.checkedWrite(app, clientId, topics, "record", (op, chunk, old) => {
+    const write = this.checkedWrite(app, clientId, topics, "record", (op, chunk, old, counts) => {
       const fresh: string[] = [];
       let added = 0;
+      let counted = 0;
       chunk.forEach((topic, j) => {
         const e = old[j]!;
         op.check(e);
         if (e.value) op.delete(keys.subscriptionExpiry(e.value.exp, app, topic, clientId));
         else added++;
+        if (!e.value?.c) counted++;
         if (!e.value || e.value.exp <= now) fresh.push(topic);
-        const value: SubscriptionValue = { exp, tr: transport };
+        const value: SubscriptionValue = { exp, tr: transport, c: true };
         op.set(keys.subscription(app, topic, clientId), value, { expireIn })
           .set(keys.clientSubscription(clientId, app, topic), exp, { expireIn })
           .set(keys.subscriptionExpiry(exp, app, topic, clientId), null, { expireIn });
       });
       addToCount(op, added);
+      counts.add(clientId, app, counted);
       return fresh;
     });
-    return batches.flat();
+    return (await write).flat();
   }
 
   /** Removes (app, topic, client) for every topic (CC/CD 70025 §5.2.2 unsubscribe). */
   async remove(app: string, clientId: string, topics: string[]): Promise<number> {
-    const batches = await this.checkedWrite(app, clientId, topics, "remove", (op, chunk, old) => {
-      let n = 0;
-      chunk.forEach((topic, j) => {
-        const e = old[j]!;
-        if (!e.value) return;
-        n++;
-        // Checked, so that a racing removal does not count the same subscription twice.
-        op.check(e).delete(keys.subscription(app, topic, clientId))
-          .delete(keys.clientSubscription(clientId, app, topic))
-          .delete(keys.subscriptionExpiry(e.value.exp, app, topic, clientId));
-      });
-      if (n === 0) return null;
-      addToCount(op, -n);
-      return n;
-    });
+    const batches = await this.checkedWrite(
+      app,
+      clientId,
+      topics,
+      "remove",
+      (op, chunk, old, counts) => {
+        let n = 0;
+        chunk.forEach((topic, j) => {
+          const e = old[j]!;
+          if (!e.value) return;
+          n++;
+          if (e.value.c) counts.add(clientId, app, -1);
+          // Checked, so that a racing removal does not count the same subscription twice.
+          op.check(e).delete(keys.subscription(app, topic, clientId))
+            .delete(keys.clientSubscription(clientId, app, topic))
+            .delete(keys.subscriptionExpiry(e.value.exp, app, topic, clientId));
+        });
+        if (n === 0) return null;
+        addToCount(op, -n);
+        return n;
+      },
+    );
     return batches.reduce((sum, n) => sum + n, 0);
   }
 
@@ -132,17 +143,20 @@ export class SubscriptionStore {
       op: Deno.AtomicOperation,
       chunk: string[],
       existing: Deno.KvEntryMaybe<SubscriptionValue>[],
+      counts: AppCountPlan,
     ) => R | null,
   ): Promise<R[]> {
     const results: R[] = [];
     for (const chunk of checkedBatches(topics, (t) => [app, t, clientId])) {
       const result = await untilCommitted(async () => {
-        const existing = await this.kv.getMany<SubscriptionValue>(
-          chunk.map((t) => keys.subscription(app, t, clientId)),
-        );
+        const [existing, counts] = await Promise.all([
+          this.kv.getMany<SubscriptionValue>(chunk.map((t) => keys.subscription(app, t, clientId))),
+          AppCountPlan.read(this.kv, [[clientId, app]]),
+        ]);
         const op = this.kv.atomic();
-        const planned = plan(op, chunk, existing);
+        const planned = plan(op, chunk, existing, counts);
         if (planned === null) return { planned };
+        counts.apply(op);
         return (await this.kv.commit(op)) ? { planned } : undefined;
       }, () => {
         throw new StorageError(`Cannot ${what} the subscriptions: too much contention`);
@@ -164,15 +178,29 @@ export class SubscriptionStore {
         LISTED_PER_ROUND,
       ) as Entry<number>[];
       if (batch.length === 0) break;
-      for (const chunk of checkedBatches(batch, (e) => [appOf(e), topicOf(e), clientId])) {
+      const chunks = checkedBatches(
+        batch,
+        (e) => [appOf(e), topicOf(e), clientId],
+        CHECKED_PAIRS_PER_ATOMIC,
+      );
+      for (const chunk of chunks) {
+        // The `subc` check covers the `sub` records read here: both change in one atomic.
+        const [subs, counts] = await Promise.all([
+          this.kv.getMany<SubscriptionValue>(
+            chunk.map((e) => keys.subscription(appOf(e), topicOf(e), clientId)),
+          ),
+          AppCountPlan.read(this.kv, chunk.map((e) => [clientId, appOf(e)])),
+        ]);
         const op = this.kv.atomic();
-        for (const e of chunk) {
+        chunk.forEach((e, j) => {
           const [app, topic] = [appOf(e), topicOf(e)];
           // When the check fails, the next round of the loop lists what is left.
           op.check(e).delete(e.key).delete(keys.subscription(app, topic, clientId))
             .delete(keys.subscriptionExpiry(e.value, app, topic, clientId));
-        }
+          if (subs[j]?.value?.c) counts.add(clientId, app, -1);
+        });
         addToCount(op, -chunk.length);
+        counts.apply(op);
         if (await this.kv.commit(op)) {
           for (const e of chunk) removed.push({ app: appOf(e), topic: topicOf(e) });
         }
@@ -186,51 +214,25 @@ export class SubscriptionStore {
    * reached yet): one read of a counter kept in the same atomics as the records, never a scan.
    */
   async count(): Promise<number> {
-    const e = await this.kv.get<Deno.KvU64>(keys.subscriptionCount);
-    const v = e.value?.value ?? 0n;
-    // A wrapped (negative) count could only come from records KV's expiry collected before the
-    // sweep saw them; report 0 rather than 2^64 - n.
-    return v >= U64 / 2n ? 0 : Number(v);
+    return counterValue(await this.kv.get<Deno.KvU64>(keys.subscriptionCount));
   }
 
   /**
-   * True when (app, topic) has at least one unexpired subscription. Concurrent calls for one
-   * topic share a read that starts after all of them were made (so none sees older data than a
-   * read of its own would) instead of one read each: under load every KV read waits for the
-   * commit in progress.
+   * Each app's counted subscriptions (expired ones included until the sweep removes them) and
+   * registrations (clients holding at least one): two counter reads per app, never a scan.
    */
-  hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
-    const key = `${app}\u0000${topic}`;
-    return new Promise<boolean>((resolve, reject) => {
-      const waiter = { now, resolve, reject };
-      const running = this.activeReads.get(key);
-      if (running) running.push(waiter);
-      else {
-        this.activeReads.set(key, []);
-        void this.readActive(key, app, topic, [waiter]);
-      }
-    });
+  appCounts(
+    apps: readonly string[],
+  ): Promise<Map<string, { subscriptions: number; registrations: number }>> {
+    return readAppCounts(this.kv, apps);
   }
 
-  private async readActive(key: string, app: string, topic: string, batch: ActiveWaiter[]) {
-    try {
-      const latest = Math.max(...batch.map((w) => w.now));
-      let maxExp = -Infinity;
-      const prefix = keys.topicSubscriptions(app, topic);
-      for await (const e of this.kv.list<SubscriptionValue>({ prefix }, { batchSize: 100 })) {
-        maxExp = Math.max(maxExp, e.value.exp);
-        if (maxExp > latest) break;
-      }
-      for (const w of batch) w.resolve(maxExp > w.now);
-    } catch (err) {
-      for (const w of batch) w.reject(err);
-    }
-    const next = this.activeReads.get(key) ?? [];
-    if (next.length === 0) this.activeReads.delete(key);
-    else {
-      this.activeReads.set(key, []);
-      void this.readActive(key, app, topic, next);
-    }
+  /**
+   * True when (app, topic) has at least one unexpired subscription; concurrent calls for one
+   * topic share a read (active_reads.ts).
+   */
+  hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
+    return this.activeReads.hasActiveSubscriber(app, topic, now);
   }
 
   /** One page of a topic's subscribers in client-id order, after `after`. Includes expired ones. */
@@ -266,25 +268,32 @@ export class SubscriptionStore {
   async sweepExpired(now: number, limit: number): Promise<number> {
     const due = await this.kv.listAll<null>(keys.expiriesUntil(now), limit);
     let removed = 0;
-    for (let i = 0; i < due.length; i += CHECKED_PER_ATOMIC) {
-      const chunk = due.slice(i, i + CHECKED_PER_ATOMIC);
+    for (let i = 0; i < due.length; i += CHECKED_PAIRS_PER_ATOMIC) {
+      const chunk = due.slice(i, i + CHECKED_PAIRS_PER_ATOMIC).map((e) => {
+        const [, exp, app, topic, clientId] = e.key as [string, number, string, string, string];
+        return { key: e.key, exp, app, topic, clientId };
+      });
       removed += await untilCommitted(async () => {
-        const current = await this.kv.getMany<SubscriptionValue>(chunk.map((e) => {
-          const [, , app, topic, clientId] = e.key as [string, number, string, string, string];
-          return keys.subscription(app, topic, clientId);
-        }));
+        const current = await this.kv.getMany<SubscriptionValue>(
+          chunk.map((x) => keys.subscription(x.app, x.topic, x.clientId)),
+        );
+        const gone = chunk.filter((x, j) => current[j]?.value?.exp === x.exp);
+        const counts = await AppCountPlan.read(this.kv, gone.map((x) => [x.clientId, x.app]));
         const op = this.kv.atomic();
         let n = 0;
-        chunk.forEach((e, j) => {
-          const [, exp, app, topic, clientId] = e.key as [string, number, string, string, string];
-          op.delete(e.key);
+        chunk.forEach((x, j) => {
+          op.delete(x.key);
           const sub = current[j];
-          if (sub?.value && sub.value.exp === exp) {
-            op.check(sub).delete(sub.key).delete(keys.clientSubscription(clientId, app, topic));
+          if (sub?.value && sub.value.exp === x.exp) {
+            op.check(sub).delete(sub.key).delete(
+              keys.clientSubscription(x.clientId, x.app, x.topic),
+            );
+            if (sub.value.c) counts.add(x.clientId, x.app, -1);
             n++;
           }
         });
         addToCount(op, -n);
+        counts.apply(op);
         return (await this.kv.commit(op)) ? n : undefined;
       }, () => 0);
     }
