@@ -17,7 +17,7 @@ const P256DH =
   "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
 const AUTH = "BTBZMqHH6r4Tts7J_aSIgg";
 
-// davx5-ose 4.5.19 (PushRegistrationManager.subscribe): no trigger, no content-encoding.
+// DAVx⁵ 4.5.19's body: no trigger, no content-encoding.
 const DAVX5 =
   `<?xml version='1.0' encoding='UTF-8' standalone='yes' ?><n0:push-register xmlns:n0="https://bitfire.at/webdav-push"><n0:subscription><n0:web-push-subscription><n0:push-resource>https://ntfy.example/upAbC123?up=1</n0:push-resource><n0:subscription-public-key type="p256dh">${P256DH}</n0:subscription-public-key><n0:auth-secret>${AUTH}</n0:auth-secret></n0:web-push-subscription></n0:subscription><n0:expires>Sun, 06 Dec 2026 12:47:00 GMT</n0:expires></n0:push-register>`;
 // The draft's sample (default namespace, both triggers, infinity depth).

@@ -110,7 +110,8 @@ async function setup() {
   const relay = fakeRelay();
   const config = await loadBridgeConfig({
     BRIDGE_UPSTREAM: upstream.origin + "/",
-    BRIDGE_COLLECTIONS: `${upstream.origin}/u/cal/,https://elsewhere.example/cal/`,
+    BRIDGE_COLLECTIONS:
+      `${upstream.origin}/u/cal/,https://elsewhere.example/cal/,${upstream.origin}/u/cal2/`,
     BRIDGE_RELAY_URL: relay.url,
     BRIDGE_RELAY_TOKEN: TOKEN,
     BRIDGE_PUBLIC_URL: "https://bridge.example",
@@ -480,4 +481,44 @@ Deno.test("a secret generated on first start is kept in KV and used again", asyn
   } finally {
     kv.close();
   }
+});
+
+Deno.test("one push resource on two collections shares its relay registration: DELETE of one unsubscribes its topic only, DELETE of the last removes the relay registration", async () => {
+  await using s = await setup();
+  const [cal, , cal2] = s.config.collections as [
+    { topic: string },
+    unknown,
+    { topic: string },
+  ];
+  const locs: string[] = [];
+  for (const path of ["/u/cal/", "/u/cal2/"]) {
+    const res = await s.req(path, {
+      method: "POST",
+      headers: { "content-type": "application/xml" },
+      body: registerBody("https://push.example/shared"),
+    });
+    assert.equal(res.status, 201);
+    locs.push(res.headers.get("location")!);
+  }
+  assert.notEqual(locs[0], locs[1]);
+  const subscribes = () =>
+    s.relay.calls.flatMap((c) => {
+      const b = (c.body as { "push-subscribe"?: { topics: string[]; expires: string } })
+        ?.["push-subscribe"];
+      return b ? [b] : [];
+    });
+  const deletes = () => s.relay.calls.filter((c) => c.method === "DELETE");
+  const first = await s.req(new URL(locs[0]!).pathname, { method: "DELETE" });
+  assert.equal(first.status, 204);
+  const last = subscribes().at(-1)!;
+  assert.deepEqual(last.topics, [cal.topic]);
+  assert.ok(Date.parse(last.expires) < Date.now());
+  assert.equal(deletes().length, 0);
+  const second = await s.req(new URL(locs[1]!).pathname, { method: "DELETE" });
+  assert.equal(second.status, 204);
+  assert.deepEqual(subscribes().at(-1)!.topics, [cal2.topic]);
+  assert.deepEqual(deletes().map((c) => [c.path, c.auth]), [[
+    "/registrations/cid-1",
+    "Bearer cdata-1",
+  ]]);
 });

@@ -2,8 +2,8 @@
  * The pieces of a WebDAV-Push test through the bridge (README, "Push for DAVx⁵ on Radicale (or
  * any CalDAV server)"): the relay as a process, the bridge in this process on a KV file (so a
  * test can restart it), web-push-testing as the push distributor, a capturing push service
- * that decrypts with npm `http_ece`, and the requests DAVx⁵ sends, byte for byte as davx5-ose
- * and dav4jvm build them.
+ * that decrypts with npm `http_ece`, and the requests DAVx⁵ sends, byte for byte (its serialiser
+ * invents the `n0:`, `n1:` prefixes).
  *
  * @module
  */
@@ -24,14 +24,14 @@ export const RELAY_TOKEN = "webdav-push-e2e-token-0123456789abcdef";
 /** The bridge's poll interval in these tests, in seconds. */
 export const POLL_SECONDS = 1;
 
-/** DAVx⁵'s collection PROPFIND (ServiceDetectionUtils, dav4jvm's serialiser) for CalDAV. */
+/** DAVx⁵'s collection PROPFIND for CalDAV (home sets at Depth 1, other collections at 0). */
 export const DAVX5_CALDAV_COLLECTIONS =
   `<?xml version='1.0' encoding='UTF-8' ?><propfind xmlns="DAV:" xmlns:CAL="urn:ietf:params:xml:ns:caldav" xmlns:CARD="urn:ietf:params:xml:ns:carddav"><prop><current-user-privilege-set /><displayname /><owner /><resourcetype /><n0:transports xmlns:n0="https://bitfire.at/webdav-push" /><n1:topic xmlns:n1="https://bitfire.at/webdav-push" /><n2:calendar-color xmlns:n2="http://apple.com/ns/ical/" /><CAL:calendar-description /><CAL:calendar-timezone /><CAL:calendar-timezone-id /><CAL:supported-calendar-component-set /><n3:source xmlns:n3="http://calendarserver.org/ns/" /></prop></propfind>`;
 /** The same for CardDAV. */
 export const DAVX5_CARDDAV_COLLECTIONS =
   `<?xml version='1.0' encoding='UTF-8' ?><propfind xmlns="DAV:" xmlns:CAL="urn:ietf:params:xml:ns:caldav" xmlns:CARD="urn:ietf:params:xml:ns:carddav"><prop><current-user-privilege-set /><displayname /><owner /><resourcetype /><n0:transports xmlns:n0="https://bitfire.at/webdav-push" /><n1:topic xmlns:n1="https://bitfire.at/webdav-push" /><CARD:addressbook-description /></prop></propfind>`;
 
-/** Headers dav4jvm sends with a PROPFIND (and DAVx⁵'s ktor client's Accept-Encoding). */
+/** Headers DAVx⁵ sends with a PROPFIND (it offers gzip, which Radicale then uses). */
 export function davx5Headers(authorization: string | undefined, depth?: string) {
   return {
     ...(authorization ? { authorization } : {}),
@@ -50,7 +50,7 @@ export interface PushEndpoint {
 }
 
 /**
- * DAVx⁵ 4.5.19's `push-register` (PushRegistrationManager.subscribe): a serializer-made
+ * DAVx⁵ 4.5.19's `push-register`: a serializer-made
  * prefix, no `trigger`, no `content-encoding`, `expires` now + 3 days as an IMF-fixdate.
  */
 export function davx5Register(sub: PushEndpoint, expires: number, prefix = "n0"): string {
@@ -60,7 +60,7 @@ export function davx5Register(sub: PushEndpoint, expires: number, prefix = "n0")
   }</${p}:expires></${p}:push-register>`;
 }
 
-/** The `push-register` of DAVx⁵ after davx5-ose#2859: with `content-encoding` and `trigger`. */
+/** The `push-register` of newer DAVx⁵ versions: with `content-encoding` and `trigger`. */
 export function davx5RegisterNext(sub: PushEndpoint, expires: number): string {
   return `<?xml version="1.0" encoding="UTF-8" standalone="yes"?><n1:push-register xmlns:n1="https://bitfire.at/webdav-push"><n1:subscription><n1:web-push-subscription><n1:push-resource>${sub.endpoint}</n1:push-resource><n1:content-encoding>aes128gcm</n1:content-encoding><n1:subscription-public-key type="p256dh">${sub.keys.p256dh}</n1:subscription-public-key><n1:auth-secret>${sub.keys.auth}</n1:auth-secret></n1:web-push-subscription></n1:subscription><n1:trigger><n1:content-update><n2:depth xmlns:n2="DAV:">1</n2:depth></n1:content-update></n1:trigger><n1:expires>${
     formatHttpDate(expires)
