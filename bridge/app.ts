@@ -5,8 +5,12 @@
  * writes upstream and pushes the collection's topic with their `Push-Client-Id` (§7.1), and
  * polls the upstream for everyone else's changes.
  *
- * `createBridge(deps)` takes everything from outside (config, fetch, clock, logger), so tests
- * drive it with `app.request()` and a fake upstream and relay.
+ * With `BRIDGE_UPSTREAM` it is also a reverse proxy that gives that server WebDAV-Push
+ * (README, "Push for DAVx⁵ on Radicale (or any CalDAV server)"; module `proxy_routes.ts`).
+ *
+ * `createBridge(deps)` takes everything from outside (config, fetch, clock, logger, the KV
+ * store of WebDAV-Push registrations), so tests drive it with `app.request()` and a fake
+ * upstream and relay.
  *
  * @module
  */
@@ -16,7 +20,6 @@ import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import {
   davPushProperties,
-  formatRfc3339,
   invalidTopics,
   invalidTopicsXml,
   isUnsubscribe,
@@ -26,7 +29,6 @@ import {
   parseSubscribe,
   propfindResponse,
   PUSH,
-  type PushTransport,
 } from "../dav/dav_push.ts";
 import {
   clientIdFromHeader,
@@ -38,6 +40,12 @@ import { XmlError, type XmlNode } from "../dav/xml.ts";
 import { canonicalPath, UpstreamError } from "./caldav.ts";
 import type { BridgeCollection, BridgeConfig } from "./config.ts";
 import { type Logger, silentLogger } from "./log.ts";
+import { Notifier } from "./notifier.ts";
+import { proxyRoutes } from "./proxy_routes.ts";
+import type { PushStore } from "./push_store.ts";
+import { Registrar } from "./registrar.ts";
+import { RelayApi } from "./relay_api.ts";
+import { RelayInfo } from "./relay_info.ts";
 import { CollectionWatcher } from "./watcher.ts";
 
 /** What {@linkcode createBridge} needs. */
@@ -52,6 +60,12 @@ export interface BridgeDeps {
   timeoutMs?: number;
   /** How long a relay bootstrap is reused, in milliseconds; default 300000. */
   bootstrapTtlMs?: number;
+  /** The WebDAV-Push registrations (`openPushStore`); required with `BRIDGE_UPSTREAM`. */
+  pushStore?: PushStore;
+  /** How long after a push its registrations are checked for pruning, in ms; default 5000. */
+  verifyDelayMs?: number;
+  /** Longest wait for the upstream's answer headers to a proxied request, in ms; default 60000. */
+  proxyTimeoutMs?: number;
 }
 
 /** A running bridge: the HTTP app and its polling. */
@@ -83,12 +97,6 @@ const PASSED_BACK = [
   "dav",
 ];
 
-interface PendingPush {
-  clientId: string | undefined;
-  /** Being sent right now; a poll does not send it a second time. */
-  inFlight: boolean;
-}
-
 /** Builds the bridge. Nothing runs until `start()` or a request. */
 export function createBridge(deps: BridgeDeps): Bridge {
   const { config } = deps;
@@ -115,55 +123,36 @@ export function createBridge(deps: BridgeDeps): Bridge {
       timeoutMs,
     })
   );
-  const pending = new Map<number, PendingPush>();
   const failing = new Set<number>();
 
   // ----- relay
 
-  let transports: { list: PushTransport[]; at: number } | undefined;
-  async function relayTransports(): Promise<PushTransport[] | undefined> {
-    if (transports && now() - transports.at < bootstrapTtlMs) return transports.list;
-    try {
-      transports = { list: await gateway.bootstrap(), at: now() };
-    } catch (err) {
-      logger.log("warn", "relay-bootstrap-failed", { error: (err as Error).message });
-      // A stale list beats none; the next PROPFIND tries again.
-    }
-    return transports?.list;
-  }
+  const relayInfo = new RelayInfo({ gateway, now, logger, ttlMs: bootstrapTtlMs });
+  const relayTransports = () => relayInfo.transports();
+  const webPush = () => relayInfo.webPush();
 
-  /**
-   * Pushes a collection's topic. Until the relay takes it, the push stays pending and the next
-   * poll retries it (CC/CD 70025 §5.4: an unanswered push was not delivered).
-   */
-  async function pushTopic(c: BridgeCollection, clientId: string | undefined): Promise<void> {
-    const before = pending.get(c.index);
-    // §6.1.3: merged with another client's change, the message carries no client-id.
-    if (before && before.clientId !== clientId) clientId = undefined;
-    const entry: PendingPush = { clientId, inFlight: true };
-    pending.set(c.index, entry);
-    if (!gateway.shouldPush(c.topic)) {
-      // §6.1.3: the relay said nobody listens; wait for a new subscription.
-      logger.log("debug", "push-skipped", { collection: c.index, reason: "no-subscribers" });
-      pending.delete(c.index);
-      return;
-    }
-    try {
-      const { noSubscribers } = await gateway.push([
-        { topic: c.topic, timestamp: formatRfc3339(new Date(now())), clientId },
-      ]);
-      // A newer entry (set while this push was in flight) is that newer push's business.
-      if (pending.get(c.index) === entry) pending.delete(c.index);
-      logger.log("info", "push-sent", {
-        collection: c.index,
-        "self-suppressed": clientId !== undefined,
-        "no-subscribers": noSubscribers.length > 0,
-      });
-    } catch (err) {
-      entry.inFlight = false;
-      logger.log("warn", "push-failed", { collection: c.index, error: (err as Error).message });
-    }
-  }
+  const registrar = config.upstream === undefined ? undefined : new Registrar({
+    store: deps.pushStore ?? missingStore(),
+    relay: new RelayApi({ url: config.relayUrl, fetch: fetchFn, timeoutMs }),
+    gateway,
+    webPush,
+    publicUrl: () => config.publicUrl,
+    now,
+    logger,
+    verifyDelayMs: deps.verifyDelayMs ?? 5000,
+  });
+  const notifier = new Notifier({
+    gateway,
+    now,
+    logger,
+    // A push reaches the relay's push services now: those that answer 404/410 get pruned.
+    onPushed: (c) => registrar?.verifyLater(c),
+  });
+  const background = new Set<Promise<void>>();
+  const track = (p: Promise<void>) => {
+    background.add(p);
+    p.finally(() => background.delete(p));
+  };
 
   // ----- polling
 
@@ -182,7 +171,7 @@ export function createBridge(deps: BridgeDeps): Bridge {
           "own-writes": r.own,
         });
         // Someone else's change: no client-id, everyone is told (§7.1 is only for the writer).
-        await pushTopic(c, undefined);
+        await notifier.push(c, { syncToken: w.syncToken });
         return;
       }
     } catch (err) {
@@ -196,12 +185,12 @@ export function createBridge(deps: BridgeDeps): Bridge {
         error: (err as Error).message,
       });
     }
-    const p = pending.get(c.index);
-    if (p && !p.inFlight) await pushTopic(c, p.clientId);
+    await notifier.retry(c);
   }
 
   async function pollOnce(): Promise<void> {
     await Promise.all(config.collections.map((c, i) => pollCollection(c, watchers[i]!)));
+    await registrar?.sweep();
   }
 
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -356,7 +345,10 @@ export function createBridge(deps: BridgeDeps): Bridge {
       method,
       status: res.status,
     });
-    if (res.ok) await pushTopic(col, clientIdFromHeader(c.req.header("push-client-id")));
+    if (res.ok) {
+      const writer = clientIdFromHeader(c.req.header("push-client-id"));
+      await notifier.push(col, { exclude: writer === undefined ? [] : [writer] });
+    }
     const out = new Headers();
     for (const h of PASSED_BACK) {
       const v = res.headers.get(h);
@@ -368,6 +360,24 @@ export function createBridge(deps: BridgeDeps): Bridge {
   const writeLimit = bodyLimit({ maxSize: WRITE_LIMIT, onError: tooLarge(WRITE_LIMIT) });
   app.put("/collections/:n/:name", writeLimit, write);
   app.delete("/collections/:n/:name", write);
+
+  app.get("/healthz", (c) => c.json({ status: "ok" }));
+
+  if (config.upstream !== undefined) {
+    proxyRoutes(app, {
+      config: config as BridgeConfig & { upstream: string },
+      fetch: fetchFn,
+      timeoutMs,
+      proxyTimeoutMs: deps.proxyTimeoutMs ?? 60_000,
+      watchers,
+      notifier,
+      registrar: registrar!,
+      webPush,
+      now,
+      logger,
+      track,
+    });
+  }
 
   return {
     app,
@@ -382,6 +392,12 @@ export function createBridge(deps: BridgeDeps): Bridge {
       stopped = true;
       if (timer !== undefined) clearTimeout(timer);
       await running;
+      await Promise.allSettled([...background]);
+      await registrar?.close();
     },
   };
+}
+
+function missingStore(): never {
+  throw new TypeError("BRIDGE_UPSTREAM needs a push store: pass pushStore (openPushStore)");
 }

@@ -1,6 +1,6 @@
 /**
- * The bridge's configuration (README, "The CalDAV bridge"): the only reader of the `BRIDGE_*`
- * environment.
+ * The bridge's configuration (README, "The CalDAV bridge" and "Push for DAVx⁵ on Radicale (or
+ * any CalDAV server)"): the only reader of the `BRIDGE_*` environment.
  *
  * Credentials in a collection URL's user-info are split off here and kept apart from the URL,
  * so that nothing downstream can log them by accident.
@@ -32,6 +32,11 @@ export interface BridgeCollection {
   pollAuthorization: string | undefined;
   /** The collection's DAV-Push topic (see {@linkcode collectionTopic}). */
   topic: string;
+  /**
+   * Its path at the bridge's proxy (the upstream path, ending in `/`) when the collection lies
+   * under `BRIDGE_UPSTREAM`: a watched collection, offered WebDAV-Push.
+   */
+  proxyPath?: string;
 }
 
 /** The validated `BRIDGE_*` settings. */
@@ -48,6 +53,15 @@ export interface BridgeConfig {
   relayUrl: string;
   /** `BRIDGE_RELAY_TOKEN`, required. A secret: never logged. */
   relayToken: string;
+  /**
+   * `BRIDGE_UPSTREAM`: the CalDAV/CardDAV server the bridge is a reverse proxy for, without a
+   * trailing slash; unset, no proxy.
+   */
+  upstream?: string;
+  /** `BRIDGE_KV_PATH`: where the WebDAV-Push registrations are kept; unset, Deno's default. */
+  kvPath?: string;
+  /** `BRIDGE_SECRET` (base64url, 32 bytes or more); unset, generated and kept in KV. A secret. */
+  secret?: string;
 }
 
 /**
@@ -115,6 +129,16 @@ function positiveNumber(name: string, value: string | undefined, fallback: numbe
   return n;
 }
 
+/** `BRIDGE_SECRET`: base64url of 32 bytes or more (the message never holds the value). */
+function secretOf(value: string | undefined): string | undefined {
+  if (value === undefined || value.trim() === "") return undefined;
+  const t = value.trim();
+  if (!/^[A-Za-z0-9_-]+={0,2}$/.test(t) || Math.floor(t.replace(/=+$/, "").length * 3 / 4) < 32) {
+    throw new Error("BRIDGE_SECRET must be base64url of 32 bytes or more");
+  }
+  return t.replace(/=+$/, "");
+}
+
 function baseUrl(name: string, value: string): string {
   let url: URL;
   try {
@@ -165,6 +189,18 @@ export async function loadBridgeConfig(
       topic: await collectionTopic(relayToken, url),
     });
   }
+  const upstream = env.BRIDGE_UPSTREAM?.trim()
+    ? baseUrl("BRIDGE_UPSTREAM", env.BRIDGE_UPSTREAM.trim())
+    : undefined;
+  if (upstream !== undefined) {
+    if (new URL(upstream).search) throw new Error("BRIDGE_UPSTREAM must not have a query");
+    // Watched: the collection lies under the upstream; at the proxy it keeps its path.
+    for (const c of collections) {
+      if (c.url.startsWith(upstream + "/")) c.proxyPath = new URL(c.url).pathname;
+    }
+  }
+  const secret = secretOf(env.BRIDGE_SECRET);
+  const kvPath = env.BRIDGE_KV_PATH?.trim() || undefined;
   return {
     port,
     publicUrl: baseUrl("BRIDGE_PUBLIC_URL", env.BRIDGE_PUBLIC_URL ?? `http://localhost:${port}`),
@@ -172,5 +208,8 @@ export async function loadBridgeConfig(
     pollSeconds: positiveNumber("BRIDGE_POLL_SECONDS", env.BRIDGE_POLL_SECONDS, 30),
     relayUrl: baseUrl("BRIDGE_RELAY_URL", env.BRIDGE_RELAY_URL ?? "http://localhost:8000"),
     relayToken,
+    ...(upstream !== undefined ? { upstream } : {}),
+    ...(kvPath !== undefined ? { kvPath } : {}),
+    ...(secret !== undefined ? { secret } : {}),
   };
 }

@@ -9,6 +9,7 @@
 import { createBridge } from "./app.ts";
 import { loadBridgeConfig } from "./config.ts";
 import { consoleLogger } from "./log.ts";
+import { openPushStore, type PushStore } from "./push_store.ts";
 
 const logger = consoleLogger();
 const env = Deno.env.toObject();
@@ -19,7 +20,14 @@ try {
   logger.log("error", "config-invalid", { error: (err as Error).message });
   Deno.exit(1);
 }
-const bridge = createBridge({ config, logger });
+// With BRIDGE_UPSTREAM: the WebDAV-Push registrations, kept in KV across restarts.
+let kv: Deno.Kv | undefined;
+let pushStore: PushStore | undefined;
+if (config.upstream !== undefined) {
+  kv = await Deno.openKv(config.kvPath);
+  pushStore = await openPushStore(kv, config.secret);
+}
+const bridge = createBridge({ config, logger, ...(pushStore ? { pushStore } : {}) });
 const controller = new AbortController();
 const server = Deno.serve({
   port: config.port,
@@ -32,6 +40,12 @@ const server = Deno.serve({
       relay: config.relayUrl,
       collections: config.collections.map((c) => c.url),
       "poll-seconds": config.pollSeconds,
+      ...(config.upstream !== undefined
+        ? {
+          upstream: config.upstream,
+          "webdav-push": config.collections.flatMap((c) => c.proxyPath ?? []),
+        }
+        : {}),
     });
   },
 }, bridge.app.fetch);
@@ -49,3 +63,4 @@ for (const signal of ["SIGINT", "SIGTERM"] as const) {
   }
 }
 await server.finished;
+kv?.close();

@@ -76,6 +76,11 @@ export class CollectionWatcher {
     return this.#mode;
   }
 
+  /** The collection's RFC 6578 sync-token as of the last poll, in `sync-token` mode. */
+  get syncToken(): string | undefined {
+    return this.#syncToken;
+  }
+
   /** Runs `fn` (a forwarded write) exclusively with polls of this collection. */
   exclusive<T>(fn: () => Promise<T>): Promise<T> {
     return this.#lock.run(fn);

@@ -19,9 +19,16 @@ export interface PushMessage {
   timestamp: string;
   /**
    * The originating client's `Push-Client-Id` (§7.1), so the gateway can skip it. Leave it
-   * out when the message merges changes of different clients (§6.1.3).
+   * out when the message merges changes of different clients (§6.1.3). This relay also takes
+   * an array of at most 100 client-ids, none of which is notified (README, "The gateway
+   * protocol").
    */
-  clientId?: string | undefined;
+  clientId?: string | readonly string[] | undefined;
+  /**
+   * The collection's sync-token after the change (at most 1024 characters), which this relay
+   * carries into WebDAV-Push payloads (README, "The gateway protocol").
+   */
+  syncToken?: string | undefined;
 }
 
 /** A subscription to forward (§6.1.2). */
@@ -310,7 +317,10 @@ export class GatewayClient {
         const out: Record<string, unknown> = { topic: m.topic };
         if (m.priority !== undefined) out.priority = m.priority;
         out.timestamp = m.timestamp;
-        if (m.clientId !== undefined) out["client-id"] = m.clientId;
+        if (m.clientId !== undefined) {
+          out["client-id"] = typeof m.clientId === "string" ? m.clientId : [...m.clientId];
+        }
+        if (m.syncToken !== undefined) out["sync-token"] = m.syncToken;
         return out;
       });
       let json: unknown;

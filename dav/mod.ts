@@ -12,6 +12,10 @@
  * - **Gateway client** (§5.1, §5.3, §5.4): {@linkcode GatewayClient} (bootstrap, subscribe,
  *   push in chunks of at most 100), {@linkcode TopicGatewayMap} (learns from
  *   `no-subscribers`), {@linkcode clientIdFromHeader} (`Push-Client-Id` → `client-id`, §7.1).
+ * - **WebDAV-Push** (draft-bitfire-webdav-push): {@linkcode pushPropertyFragments} (discovery),
+ *   {@linkcode parsePushRegister} (what DAVx⁵ sends, any prefix), {@linkcode pushErrorXml},
+ *   {@linkcode pushMessageXml} and {@linkcode parsePushMessage}, {@linkcode parsePushDontNotify},
+ *   {@linkcode parseHttpDate} and {@linkcode formatHttpDate} (RFC 9110 §5.6.7).
  * - **XML hygiene**: {@linkcode parseXml} (saxes; refuses DOCTYPE; size, depth and element
  *   limits; throws {@linkcode XmlError} with the HTTP status to answer) and
  *   {@linkcode serializeXml} (fixed prefixes, escaped text, no characters outside XML 1.0).
@@ -84,6 +88,26 @@ export {
   type PushMessage,
   TopicGatewayMap,
 } from "./gateway_client.ts";
+export {
+  type DontNotify,
+  formatHttpDate,
+  MAX_PUSH_REGISTER_BYTES,
+  parseHttpDate,
+  parsePushDontNotify,
+  parsePushMessage,
+  parsePushRegister,
+  PUSH_PROPERTIES,
+  type PushCondition,
+  pushErrorXml,
+  type PushMessageContent,
+  pushMessageXml,
+  pushPropertyFragments,
+  type PushRegisterResult,
+  requestedPushProperties,
+  WEBDAV_PUSH_NS,
+  type WebPushSubscription,
+  WP,
+} from "./webdav_push.ts";
 export {
   childElement,
   childElements,

@@ -204,7 +204,9 @@ export class Gateway {
       topics: topics.length,
       created: created.length,
     });
-    if (created.length > 0) {
+    // README "The client API": a webdav-push device understands only the WebDAV-Push
+    // push-message, so it gets no acknowledging push.
+    if (created.length > 0 && reg.payload !== "webdav-push") {
       // §5.3 SHOULD acknowledge with an initial push; §8.2 lets it arrive before this answer.
       await this.o.engine.enqueue(
         claims.clientId,

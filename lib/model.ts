@@ -11,6 +11,13 @@ import type { Target, TransportId } from "./transports/types.ts";
 
 export type { Target, TransportId };
 
+/**
+ * What a device's update payloads look like (README "The client API"): the relay's JSON
+ * (`cc-dav-push`, the default), or the WebDAV-Push `push-message` XML (draft-bitfire-webdav-push
+ * §Push Message) for a Web Push subscription a WebDAV-Push client gave to the bridge.
+ */
+export type PayloadFormat = "cc-dav-push" | "webdav-push";
+
 /** A device as registered through `POST /registrations` (README "The client API"). */
 export interface Registration {
   clientId: string;
@@ -18,6 +25,8 @@ export interface Registration {
   createdAt: number;
   /** The Web Push ingress push resource, when the client asked for one. */
   ingress?: { id: string; vapidPublicKey?: string };
+  /** Set only for `webdav-push`; absent means `cc-dav-push`. */
+  payload?: "webdav-push";
 }
 
 /** One (app, topic, client) subscription. */
@@ -39,13 +48,22 @@ export interface Subscriber {
   value: SubscriptionValue;
 }
 
+/**
+ * The clients a message is not delivered to (CC/CD 70025 §7.1): one `client-id`, or several
+ * (README "The gateway protocol": an array of at most 100, always two or more distinct ids
+ * once validated; one id is kept as a string).
+ */
+export type ClientIds = string | string[];
+
 /** One validated push message (CC/CD 70025 §6.1.3). */
 export interface PushMessage {
   topic: string;
   priority: number;
   /** RFC 3339 UTC. */
   timestamp: string;
-  clientId?: string;
+  clientId?: ClientIds;
+  /** The collection's sync-token, carried into `webdav-push` payloads (never empty). */
+  syncToken?: string;
 }
 
 /**
@@ -81,13 +99,31 @@ export interface Aggregate {
   priority: number;
 }
 
+/** The merged updates of messages that excluded several clients at once. */
+export interface GroupAggregate extends Aggregate {
+  /** The excluded client-ids, sorted and distinct. */
+  ids: string[];
+}
+
+/**
+ * Openers that got an update of the window at once (at the same message), and what they get
+ * from the trailing update: the updates merged after that one which did not exclude them.
+ */
+export interface ServedOpeners {
+  ids: string[];
+  agg?: Aggregate;
+}
+
 /** A coalesced trailing update (CC/CD 70025 §8.3), fanned out once its window closes. */
 export interface TrailingUpdate {
-  /** Merged updates by originating `client-id` ("" for messages without one). */
+  /** Merged updates by the one originating `client-id` ("" for messages without one). */
   byOrigin: Record<string, Aggregate>;
-  /** The client-id of the window's first message, if it had one. */
+  /** Merged updates of messages with several client-ids, by their sorted ids as JSON. */
+  byGroup?: Record<string, GroupAggregate>;
+  /** Openers already served, each group with its own merge (see {@linkcode ServedOpeners}). */
+  served?: ServedOpeners[];
+  /** Records written before `served` existed: the one opener, and what it gets. */
   opener?: string;
-  /** What the opener gets: updates after its own first one, none of its own. */
   openerAgg?: Aggregate;
 }
 
@@ -96,9 +132,9 @@ export interface CoalesceWindow {
   openedAt: number;
   /** Updates before this are merged into `trailing`. */
   until: number;
-  /** `client-id` of the opening message: that client has not had an update yet. */
-  opener?: string;
-  /** True once the opener got an update of this window (or there is no opener). */
+  /** The clients the opening message excluded that have not had an update yet. */
+  opener?: ClientIds;
+  /** True once every opener got an update of this window (or there is no opener). */
   openerServed: boolean;
   /** Outbox id of the trailing update, once something was merged. */
   trailing: string | null;
@@ -112,24 +148,30 @@ export interface OutboxMessage {
   /** RFC 3339 UTC. */
   timestamp: string;
   priority: number;
-  clientId?: string;
+  clientId?: ClientIds;
+  /** The sync-token for `webdav-push` payloads; a trailing update's is its latest message's. */
+  syncToken?: string;
   createdAt: number;
   /** After this the message is not worth delivering (createdAt + TTL). */
   expiresAt: number;
   /** Last client id fanned out to; null before the first page. */
   cursor: string | null;
   lease: Lease;
-  /** Deliver to this one subscriber only (a window's opener, see `CoalesceWindow`). */
-  only?: string;
+  /** Deliver to these subscribers only (a window's openers, see `CoalesceWindow`). */
+  only?: ClientIds;
   /** Not to be fanned out before this time (a trailing update waits for its window). */
   notBefore?: number;
   /** Set on a trailing update: each subscriber's payload is computed from it. */
   trailing?: TrailingUpdate;
 }
 
-/** What a queued delivery sends: a relay payload, or an already-encrypted ingress body. */
+/**
+ * What a queued delivery sends: a relay payload (JSON, or the WebDAV-Push XML text), or an
+ * already-encrypted ingress body.
+ */
 export type StoredPayload =
   | { kind: "json"; data: Record<string, unknown> }
+  | { kind: "text"; text: string }
   | { kind: "encrypted"; body: Uint8Array };
 
 /** One entry of an HTTP `Via` list (RFC 9110 §7.6.3), comments left out. */

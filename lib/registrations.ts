@@ -12,7 +12,7 @@ import { isP256Point, validateSubscriptionKeys } from "./crypto/ece.ts";
 import { decodeBase64Url, randomToken } from "./encoding.ts";
 import { RelayError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import type { Registration, Target, TransportId } from "./model.ts";
+import type { PayloadFormat, Registration, Target, TransportId } from "./model.ts";
 import type { Sealer } from "./seal.ts";
 import type { Store } from "./store/mod.ts";
 import { endpointRefusal, type Resolver, targetHash } from "./targets.ts";
@@ -41,6 +41,8 @@ export interface RegistrationRequest {
   ingress: boolean;
   /** The DAV server's VAPID key that every ingress message must be signed with. */
   ingressVapidKey?: string;
+  /** `"payload"` as sent (checked here): `cc-dav-push` or `webdav-push`. */
+  payload?: unknown;
 }
 
 export interface RegistrationsOptions {
@@ -73,12 +75,15 @@ export class Registrations {
       );
     }
     if (req.ingressVapidKey !== undefined) checkIngressKey(req.ingressVapidKey);
+    const format = payloadFormatOf(req);
     const target = await this.target(req);
     const hash = await targetHash(target);
     const existingId = await this.o.store.registrations.findByTarget(hash);
     const existing = existingId ? await this.o.store.registrations.get(existingId) : null;
     const clientId = existing?.clientId ?? randomToken(16);
     const reg: Registration = { clientId, target, createdAt: existing?.createdAt ?? this.o.now() };
+    // The device's latest registration says which payloads it understands.
+    if (format === "webdav-push") reg.payload = format;
     if (req.ingress) {
       reg.ingress = {
         id: existing?.ingress?.id ?? randomToken(24),
@@ -164,6 +169,21 @@ export class Registrations {
     await this.o.store.registrations.remove(clientId, reg ? await targetHash(reg.target) : null);
     this.o.logger.log("info", "registration.deleted", { client: clientId });
   }
+}
+
+/**
+ * README "The client API": `payload` names the device's payload format, `cc-dav-push` (the
+ * default) or `webdav-push`, and only a Web Push registration may name one.
+ */
+function payloadFormatOf(req: RegistrationRequest): PayloadFormat {
+  if (req.payload === undefined) return "cc-dav-push";
+  if (req.payload !== "cc-dav-push" && req.payload !== "webdav-push") {
+    throw new RelayError(400, "invalid-request", 'payload must be "cc-dav-push" or "webdav-push"');
+  }
+  if (req.transport !== "web-push") {
+    throw new RelayError(400, "invalid-request", "payload is only for web-push registrations");
+  }
+  return req.payload;
 }
 
 /**

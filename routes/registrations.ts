@@ -53,6 +53,7 @@ function parseRegistration(body: unknown, transportOf: (v: string) => TransportI
     transport,
     ingress: body.ingress === true,
     ...(typeof ingressKey === "string" ? { ingressVapidKey: ingressKey } : {}),
+    ...(body.payload !== undefined ? { payload: body.payload } : {}),
   };
   if (transport === "web-push") {
     const sub = body.subscription;

@@ -15,6 +15,10 @@ export const MAX_TOPICS = 1000;
 export const MAX_MESSAGES = 1000;
 export const MAX_TOPIC_CHARS = 256;
 export const MAX_CLIENT_ID_CHARS = 256;
+/** README "The gateway protocol": `client-id` may be an array of at most this many. */
+export const MAX_CLIENT_IDS = 100;
+/** README "The gateway protocol": the longest `sync-token`, in characters. */
+export const MAX_SYNC_TOKEN_CHARS = 1024;
 
 // C0, DEL and C1 control characters.
 // deno-lint-ignore no-control-regex
@@ -83,6 +87,54 @@ export function parsePushSubscribe(value: unknown): ParsedSubscribe {
   return { topics: topics as string[], transportUri, clientData, expires };
 }
 
+function isClientId(v: unknown): v is string {
+  return typeof v === "string" && v.length > 0 && v.length <= MAX_CLIENT_ID_CHARS;
+}
+
+/**
+ * A message's `client-id` (CC/CD 70025 §7.1): one string, or (README "The gateway protocol")
+ * an array of at most 100, none of which is notified. Duplicates are dropped; an empty array
+ * names nobody, and an array of one is that one string.
+ */
+function clientIds(value: unknown, i: number): string | string[] | undefined {
+  if (value === undefined) return undefined;
+  if (isClientId(value)) return value;
+  if (!Array.isArray(value)) {
+    throw invalidRequest(
+      `message ${i}: client-id must be a string of 1 to ${MAX_CLIENT_ID_CHARS} characters, or an array of at most ${MAX_CLIENT_IDS} of them`,
+    );
+  }
+  if (value.length > MAX_CLIENT_IDS) {
+    throw invalidRequest(
+      `message ${i}: client-id holds ${value.length} entries, at most ${MAX_CLIENT_IDS} are allowed`,
+    );
+  }
+  if (!value.every(isClientId)) {
+    throw invalidRequest(
+      `message ${i}: every client-id must be a string of 1 to ${MAX_CLIENT_ID_CHARS} characters`,
+    );
+  }
+  const distinct = [...new Set(value as string[])];
+  if (distinct.length === 0) return undefined;
+  return distinct.length === 1 ? distinct[0] : distinct;
+}
+
+/** README "The gateway protocol": `sync-token`, a string of at most 1024 characters. */
+function syncToken(value: unknown, i: number): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== "string") throw invalidRequest(`message ${i}: sync-token must be a string`);
+  let chars = 0;
+  for (const _ of value) {
+    if (++chars > MAX_SYNC_TOKEN_CHARS) {
+      throw invalidRequest(
+        `message ${i}: sync-token is longer than ${MAX_SYNC_TOKEN_CHARS} characters`,
+      );
+    }
+  }
+  // An empty token says nothing: the message is sent as if it had none.
+  return value === "" ? undefined : value;
+}
+
 /**
  * Parses the value of `push`: `{"messages": [...]}` (CC/CD 70025's example, OX) or a bare array
  * (its grammar). A missing priority is 50 (§6.1.3 SHOULD); a missing timestamp is the time of
@@ -113,21 +165,14 @@ export function parsePushMessages(value: unknown, now: number): PushMessage[] {
       priority = m.priority;
     }
     const ts = m.timestamp === undefined ? now : timestamp(m.timestamp, `message ${i}: timestamp`);
-    let clientId: string | undefined;
-    if (m["client-id"] !== undefined) {
-      const cid = m["client-id"];
-      if (typeof cid !== "string" || cid.length === 0 || cid.length > MAX_CLIENT_ID_CHARS) {
-        throw invalidRequest(
-          `message ${i}: client-id must be a string of 1 to ${MAX_CLIENT_ID_CHARS} characters`,
-        );
-      }
-      clientId = cid;
-    }
+    const clientId = clientIds(m["client-id"], i);
+    const token = syncToken(m["sync-token"], i);
     messages.push({
       topic: m.topic,
       priority,
       timestamp: formatRfc3339(ts),
       ...(clientId !== undefined ? { clientId } : {}),
+      ...(token !== undefined ? { syncToken: token } : {}),
     });
   });
   if (bad.length > 0) throw invalidTopicsError(bad);

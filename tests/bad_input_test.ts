@@ -173,7 +173,8 @@ Deno.test("Wrong types, 0 or 1001 topics, a thousand-and-one messages and huge s
       [{ push: { messages: [] } }, "invalid-request"],
       [{ push: { messages: [{ topic: "kept" }, { topic: 7 }] } }, "invalid-request"],
       [{ push: { messages: [{ topic: "kept" }, { topic: huge }] } }, "invalid-topics", [huge]],
-      [{ push: { messages: [{ topic: "kept", "client-id": ["x"] }] } }, "invalid-request"],
+      // client-id may be an array (of strings) since the bridge's push extension.
+      [{ push: { messages: [{ topic: "kept", "client-id": ["x", 5] }] } }, "invalid-request"],
       [
         { push: { messages: [{ topic: "kept", "client-id": "c".repeat(257) }] } },
         "invalid-request",

@@ -18,9 +18,16 @@ import { keys, sizedBatches, type Store } from "../store/mod.ts";
 import type { OutboxWrite, WindowWrite } from "../store/outbox.ts";
 import { untilCommitted } from "../store/kv.ts";
 import type { Clock } from "../time.ts";
-import { MAX_ORIGINS, outboxRecord, planTopic, type RecordContext } from "./coalesce.ts";
+import {
+  idBytes,
+  outboxRecord,
+  planTopic,
+  type RecordContext,
+  TRAILING_BYTES,
+} from "./coalesce.ts";
 import { newId } from "./ids.ts";
 import type { Leases } from "./leases.ts";
+import { clientIdList } from "./payload.ts";
 
 /** Topics per accept atomic with coalescing (≤ 2 checks each; KV allows 100). */
 const TOPICS_PER_ATOMIC = 20;
@@ -30,8 +37,6 @@ const GROUP_COMMIT_MESSAGES = 1000;
 const RECORDS_PER_ATOMIC = 400;
 /** Estimated bytes per accept atomic (KV: 800 KiB). */
 const BYTES_PER_ATOMIC = 500_000;
-/** Estimated size of a trailing update and its window beyond their strings. */
-const TRAILING_BYTES = MAX_ORIGINS * 1200 + 4096;
 /** Attempts of a coalesced accept before it records every message plainly instead. */
 const COALESCE_ATTEMPTS = 8;
 
@@ -43,9 +48,9 @@ function sizeOf(value: unknown): number {
 }
 
 /** Rough serialised size of an outbox record for `m` (UTF-8 strings plus the fixed fields). */
-function recordBytes(m: { topic: string; clientId?: string }): number {
-  return 300 + encoder.encode(m.topic).length * 2 +
-    (m.clientId === undefined ? 0 : encoder.encode(m.clientId).length * 2);
+function recordBytes(m: PushMessage): number {
+  return 300 + encoder.encode(m.topic).length * 2 + idBytes(clientIdList(m.clientId)) +
+    (m.syncToken === undefined ? 0 : encoder.encode(m.syncToken).length * 2);
 }
 
 export interface AccepterOptions {

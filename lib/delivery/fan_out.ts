@@ -35,7 +35,14 @@ import { urgencyFor } from "../transports/types.ts";
 import { trailingFor } from "./coalesce.ts";
 import { newId } from "./ids.ts";
 import type { Leases } from "./leases.ts";
-import { decodeClientId, sameClient, updatePayload } from "./payload.ts";
+import {
+  clientIdList,
+  decodeClientId,
+  payloadFormat,
+  sameClient,
+  updatePayload,
+  webdavPushMessage,
+} from "./payload.ts";
 import type { Sender } from "./sender.ts";
 
 /** Subscribers whose results go into one cursor commit at most (≤ 1 write each). */
@@ -76,6 +83,13 @@ const RANK: Record<State, number> = {
   broken: 4,
   lost: 5,
 };
+
+/** A message's payloads shared by its subscribers, per format (see `sharedPayloads`). */
+interface SharedPayloads {
+  /** Null for a trailing update, whose JSON is each subscriber's own. */
+  json: StoredPayload | null;
+  text: StoredPayload;
+}
 
 interface Item {
   clientId: string;
@@ -134,12 +148,7 @@ export class FanOut {
 
   /** Sends to every subscriber, page by page, until the list ends or a state stops it. */
   private async sendAll(collapseKey: string): Promise<void> {
-    // Every subscriber of a plain message gets the same payload: one object, so a transport
-    // serialises it once per message, not once per subscriber.
-    const shared: StoredPayload | null = this.m.trailing ? null : {
-      kind: "json",
-      data: updatePayload(this.m),
-    };
+    const shared = this.sharedPayloads();
     const sem = new Semaphore(this.o.sendConcurrency);
     const running = new Set<Promise<void>>();
     // The first page only fills the sends in flight, so they start after one small read;
@@ -197,14 +206,30 @@ export class FanOut {
     while (running.size > 0) await Promise.allSettled([...running]);
   }
 
+  /**
+   * The payloads every subscriber of this message gets in its registration's format: one
+   * object each, so a transport serialises it once per message, not once per subscriber. A
+   * trailing update's JSON differs per subscriber (computed in `deliver`); its WebDAV-Push XML
+   * does not (the topic, and the latest sync-token).
+   */
+  private sharedPayloads(): SharedPayloads {
+    const m = this.m;
+    return {
+      json: m.trailing ? null : { kind: "json", data: updatePayload(m) },
+      text: { kind: "text", text: webdavPushMessage(m.topic, m.syncToken) },
+    };
+  }
+
   private async readPage(after: string | null, limit: number): Promise<Page> {
     const { store } = this.o;
     let subscribers: Subscriber[];
     if (this.m.only !== undefined) {
-      const one = after === null
-        ? await store.subscriptions.get(this.m.app, this.m.topic, decodeClientId(this.m.only))
-        : null;
-      subscribers = one ? [one] : [];
+      // A window's openers, at most a few: all of them on the first page.
+      const ids = after === null ? clientIdList(this.m.only) : [];
+      const found = await Promise.all(
+        ids.map((id) => store.subscriptions.get(this.m.app, this.m.topic, decodeClientId(id))),
+      );
+      subscribers = found.filter((s): s is Subscriber => s !== null);
     } else {
       subscribers = await store.subscriptions.page(this.m.app, this.m.topic, after, limit);
     }
@@ -225,7 +250,7 @@ export class FanOut {
     s: Subscriber,
     prefetched: Registration | null,
     collapseKey: string,
-    shared: StoredPayload | null,
+    shared: SharedPayloads,
   ): Promise<void> {
     const m = this.m;
     // CC/CD 70025 §6.2.2.1: a subscription is void after its expiry.
@@ -247,10 +272,10 @@ export class FanOut {
       await this.o.store.registrations.remove(s.clientId, null);
       return;
     }
-    const payload: StoredPayload = shared ?? {
-      kind: "json",
-      data: updatePayload({ topic: m.topic, ...fields }),
-    };
+    // README "The client API": the update in the format the registration asked for.
+    const payload: StoredPayload = payloadFormat(reg) === "webdav-push"
+      ? shared.text
+      : shared.json ?? { kind: "json", data: updatePayload({ topic: m.topic, ...fields }) };
     const sent = await this.o.sender.send(reg, {
       payload,
       // A fan-out send is always its message's first attempt for this subscriber.

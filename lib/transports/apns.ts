@@ -99,6 +99,11 @@ export function apnsPayload(message: OutboundMessage): Record<string, unknown> {
     body.body = encodeBase64Url(payload.body);
     return body;
   }
+  // Only Web Push registrations take the WebDAV-Push payload; a text payload is its text.
+  if (payload.kind === "text") {
+    body.body = payload.text;
+    return body;
+  }
   for (const [key, value] of Object.entries(payload.data)) {
     if (key !== "aps" && value !== undefined) body[key] = value;
   }

@@ -50,6 +50,8 @@ export function fcmData(message: OutboundMessage): Record<string, string> {
       body: encodeBase64Url(payload.body),
     };
   }
+  // Only Web Push registrations take the WebDAV-Push payload; a text payload is its text.
+  if (payload.kind === "text") return { body: payload.text };
   const data: Record<string, string> = {};
   for (const [key, value] of Object.entries(payload.data)) {
     if (value === undefined) continue;

@@ -42,11 +42,14 @@ export type Urgency = "very-low" | "low" | "normal" | "high";
 /**
  * What to send. `json` is a relay payload (the contract's `update` / `subscribed` objects):
  * Web Push encrypts it (RFC 8291), FCM turns its fields into strings, APNs puts them beside
- * `aps`. `encrypted` is an already-encrypted RFC 8291 `aes128gcm` body (Web Push ingress):
- * it is forwarded without being decrypted.
+ * `aps`. `text` is a plaintext sent as its UTF-8 bytes (the WebDAV-Push `push-message` of a
+ * `webdav-push` registration, which is always a Web Push one). `encrypted` is an
+ * already-encrypted RFC 8291 `aes128gcm` body (Web Push ingress): it is forwarded without
+ * being decrypted.
  */
 export type OutboundPayload =
   | { kind: "json"; data: Record<string, unknown> }
+  | { kind: "text"; text: string }
   | { kind: "encrypted"; body: Uint8Array };
 
 export interface OutboundMessage {

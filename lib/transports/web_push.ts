@@ -106,11 +106,14 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
    * object, so it is serialised once per message, not once per subscriber.
    */
   const serialised = new WeakMap<object, Uint8Array>();
-  function plaintextOf(data: Record<string, unknown>): Uint8Array {
-    let bytes = serialised.get(data);
+  type Plain = Exclude<OutboundMessage["payload"], { kind: "encrypted" }>;
+  function plaintextOf(payload: Plain): Uint8Array {
+    const key = payload.kind === "json" ? payload.data : payload;
+    let bytes = serialised.get(key);
     if (!bytes) {
-      bytes = utf8(JSON.stringify(data));
-      serialised.set(data, bytes);
+      // A text payload (the WebDAV-Push push-message) is its UTF-8 bytes, as the draft wants.
+      bytes = utf8(payload.kind === "json" ? JSON.stringify(payload.data) : payload.text);
+      serialised.set(key, bytes);
     }
     return bytes;
   }
@@ -125,7 +128,7 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
     if (!keys.ok) return { kind: "failed", reason: `invalid subscription keys: ${keys.reason}` };
     let plaintext: Uint8Array;
     try {
-      plaintext = plaintextOf(message.payload.data);
+      plaintext = plaintextOf(message.payload);
     } catch (err) {
       return { kind: "failed", reason: `payload is not JSON: ${(err as Error).name}` };
     }

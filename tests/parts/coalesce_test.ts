@@ -102,3 +102,115 @@ Deno.test("mergeAggregate() keeps the latest timestamp and the highest priority"
     priority: 80,
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// client-id arrays (README "The gateway protocol") and sync-tokens
+
+const withIds = (priority: number, second: number, ids: string[], syncToken?: string) => ({
+  ...msg(priority, second),
+  clientId: ids.length === 1 ? ids[0]! : ids,
+  ...(syncToken !== undefined ? { syncToken } : {}),
+});
+
+Deno.test("planTopic(): with a client-id array, each named client counts as an originator: none gets a merged update of only its own changes", () => {
+  const plan = planTopic({
+    app: "a",
+    topic: "t",
+    messages: [msg(10, 1), withIds(20, 2, ["alice", "bob"]), withIds(30, 3, ["bob", "carol"])],
+    window: null,
+    trailing: null,
+  }, ctx());
+  assert.equal(plan.immediate.length, 1);
+  const t = plan.trailing!.value.trailing!;
+  assert.equal(trailingFor(t, "bob"), null);
+  assert.equal(trailingFor(t, "alice")!.priority, 30);
+  assert.equal(trailingFor(t, "carol")!.priority, 20);
+  assert.equal(trailingFor(t, "dave")!.priority, 30);
+});
+
+Deno.test("planTopic(): a window opened by a client-id array serves each of its openers with the next update not excluding it, at once", () => {
+  const plan = planTopic({
+    app: "a",
+    topic: "t",
+    messages: [
+      withIds(10, 1, ["alice", "bob", "carol"]),
+      withIds(20, 2, ["bob"]),
+      withIds(30, 3, ["alice"]),
+      withIds(40, 4, ["carol"]),
+    ],
+    window: null,
+    trailing: null,
+  }, ctx());
+  // The opener goes to everyone but its three; alice and carol get bob's change at once, then
+  // bob gets alice's (his first from someone else); carol's own change serves nobody new.
+  assert.deepEqual(plan.immediate.map((m) => [m.priority, m.only]), [
+    [10, undefined],
+    [20, ["alice", "carol"]],
+    [30, "bob"],
+  ]);
+  assert.equal(plan.immediate[1]!.clientId, undefined);
+  assert.equal(plan.window.openerServed, true);
+  const t = plan.trailing!.value.trailing!;
+  // What each opener still gets: the merged updates after its own first one, none of its own.
+  assert.equal(trailingFor(t, "alice")!.priority, 40); // 30 was hers, 40 carol's
+  assert.equal(trailingFor(t, "carol")!.priority, 30); // 40 was hers
+  assert.equal(trailingFor(t, "bob")!.priority, 40); // after his 30
+  assert.equal(trailingFor(t, "dave")!.priority, 40);
+});
+
+Deno.test("planTopic(): an opener excluded from the next update too waits for the one after", () => {
+  const plan = planTopic({
+    app: "a",
+    topic: "t",
+    messages: [withIds(10, 1, ["alice", "bob"]), withIds(20, 2, ["alice"]), msg(30, 3)],
+    window: null,
+    trailing: null,
+  }, ctx());
+  assert.deepEqual(plan.immediate.map((m) => [m.priority, m.only]), [
+    [10, undefined],
+    [20, "bob"],
+    [30, "alice"],
+  ]);
+  const t = plan.trailing!.value.trailing!;
+  assert.equal(trailingFor(t, "alice"), null);
+  assert.equal(trailingFor(t, "bob")!.priority, 30);
+});
+
+Deno.test("planTopic(): a merged trailing update carries the latest message's sync-token, none when the latest had none", () => {
+  const run = (tokens: (string | undefined)[]) =>
+    planTopic({
+      app: "a",
+      topic: "t",
+      messages: tokens.map((s, i) => withIds(50, i, [], s)),
+      window: null,
+      trailing: null,
+    }, ctx());
+  const a = run(["s1", "s2", "s3"]);
+  assert.equal(a.immediate[0]!.syncToken, "s1");
+  assert.equal(a.trailing!.value.syncToken, "s3");
+  assert.equal(run(["s1", "s2", undefined]).trailing!.value.syncToken, undefined);
+  assert.equal(run([undefined, undefined, "s3"]).trailing!.value.syncToken, "s3");
+});
+
+Deno.test("planTopic(): what a record cannot track within its size budget is sent at once instead of merged", () => {
+  const many = Array.from({ length: 100 }, (_, i) => `${"x".repeat(250)}-${i}`);
+  const plan = planTopic({
+    app: "a",
+    topic: "t",
+    messages: [msg(10, 1), withIds(20, 2, many), withIds(30, 3, many)],
+    window: null,
+    trailing: null,
+  }, ctx());
+  assert.equal(plan.immediate.length, 3);
+  assert.equal(plan.merged, 0);
+  // An opener array too large to track opens no window: the next update goes out at once.
+  const big = planTopic({
+    app: "a",
+    topic: "t",
+    messages: [withIds(10, 1, many), msg(20, 2)],
+    window: null,
+    trailing: null,
+  }, ctx());
+  assert.deepEqual(big.immediate.map((m) => m.priority), [10, 20]);
+  assert.equal(big.merged, 0);
+});
