@@ -2,8 +2,9 @@
  * Subscriptions: `["sub", app, topic, clientId]` (what a fan-out reads, in client-id order),
  * with two indexes written in the same atomics, `["subc", clientId, app, topic]` (every
  * subscription of a client, for pruning) and `["subx", exp, app, topic, clientId]` (the expiry
- * sweep), and a counter of `sub` records (`["stat", "subscriptions"]`) so `/metrics` reads one
- * key instead of scanning.
+ * sweep), a counter of `sub` records (`["stat", "subscriptions"]`) so `/metrics` reads one
+ * key instead of scanning, and the client's latest expiry (`["rega", clientId]`, for the
+ * registration lifetime of lifetimes.ts).
  *
  * Each subscription's record is checked in the atomic that changes it, so the counter stays
  * exact when two writers race; batches stay within KV's 100 checks per atomic and its key-size
@@ -93,6 +94,8 @@ export class SubscriptionStore {
           .set(keys.subscriptionExpiry(exp, app, topic, clientId), null, { expireIn });
       });
       addToCount(op, added);
+      // The registration's lifetime counts from its latest subscription expiry (lifetimes.ts).
+      op.max(keys.clientActiveUntil(clientId), BigInt(Math.max(0, Math.ceil(exp))));
       return fresh;
     });
     return batches.flat();
