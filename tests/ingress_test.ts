@@ -540,8 +540,11 @@ Deno.test("ingress: the push resource is not part of the gateway: app tokens and
   const { h } = await rig();
   try {
     const dev = await register(h, "web-push");
+    // A known path with a method it does not serve: 405 with Allow (README "Errors and
+    // operations").
     const get = await h.request(dev.path, { headers: { authorization: `Bearer ${APP_TOKEN}` } });
-    assert.equal(get.status, 404);
+    assert.equal(get.status, 405);
+    assert.equal(get.headers.get("allow"), "POST");
     // The Location of a message is not a resource the relay serves.
     const res = await post(h, dev.path, await encrypted());
     const location = new URL(res.headers.get("location")!).pathname;

@@ -2,11 +2,13 @@
  * Measures how long `Deno.serve` keeps slow or silent client connections open (README "Threat
  * model"). Not a test: run it by hand with the Deno to measure, e.g.
  *
- *     deno run -A tests/tools/slowloris.ts [--seconds=90] [--connections=20]
+ *     deno run -A tests/tools/slowloris.ts [--seconds=90] [--connections=20] [--relay]
  *
  * It starts a plain `Deno.serve` (the same Deno as this script, in a child process) whose
- * handler reads the whole body, opens `connections` TCP connections per scenario, and prints,
- * per scenario, how many the server had closed after how long.
+ * handler reads the whole body, or with `--relay` the relay itself (`main.ts`, memory KV,
+ * `RELAY_REQUEST_TIMEOUT_MS` from the environment or 10000), opens `connections` TCP
+ * connections per scenario, and prints, per scenario, how many the server answered and closed
+ * after how long.
  *
  * @module
  */
@@ -17,6 +19,9 @@ const args = new Map(
 const SECONDS = Number(args.get("seconds") ?? 90);
 const CONNECTIONS = Number(args.get("connections") ?? 20);
 const TRICKLE_MS = 5000;
+const RELAY = args.has("relay");
+const PATH = RELAY ? "/gateway" : "/x";
+const TYPE = "Content-Type: application/json\r\n";
 
 const server = `
 Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: ({ port }) => console.log(port) },
@@ -35,27 +40,30 @@ type Scenario = {
 
 const SCENARIOS: Scenario[] = [
   { name: "silent (connect, send nothing)", opening: "" },
-  { name: "partial headers, then silent", opening: "POST /x HTTP/1.1\r\nHost: a\r\n" },
+  { name: "partial headers, then silent", opening: `POST ${PATH} HTTP/1.1\r\nHost: a\r\n${TYPE}` },
   {
     name: "headers trickled (one header line every 5 s)",
-    opening: "POST /x HTTP/1.1\r\nHost: a\r\n",
+    opening: `POST ${PATH} HTTP/1.1\r\nHost: a\r\n${TYPE}`,
     trickle: "X-Slow: 1\r\n",
   },
   {
-    name: "body trickled (Content-Length 1000000, 1 byte every 5 s)",
-    opening: "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n",
+    name: "body trickled (Content-Length 100000, 1 byte every 5 s)",
+    opening: `POST ${PATH} HTTP/1.1\r\nHost: a\r\n${TYPE}Content-Length: 100000\r\n\r\n`,
     trickle: "x",
   },
   {
     name: "headers complete, body never sent",
-    opening: "POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n",
+    opening: `POST ${PATH} HTTP/1.1\r\nHost: a\r\n${TYPE}Content-Length: 10\r\n\r\n`,
   },
   {
     name: "keep-alive idle after one request",
-    opening: "GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+    opening: `GET ${RELAY ? "/healthz" : "/x"} HTTP/1.1\r\nHost: a\r\n\r\n`,
     readResponse: true,
   },
 ];
+
+/** Connections the server answered (sent an HTTP status line to) before they closed. */
+const answered = new Map<string, number>();
 
 /** Opens one connection for `s`; resolves with the seconds until the server closed it, or null. */
 async function probe(port: number, s: Scenario, deadline: number): Promise<number | null> {
@@ -72,9 +80,8 @@ async function probe(port: number, s: Scenario, deadline: number): Promise<numbe
         while (true) {
           const n = await conn.read(buf);
           if (n === null) break;
-          responses++;
-          if (!s.readResponse || responses > 1) {
-            // A response to a request that was never complete: the server gave up on it.
+          if (responses++ === 0 && !s.readResponse) {
+            answered.set(s.name, (answered.get(s.name) ?? 0) + 1);
           }
         }
       } catch { /* reset */ }
@@ -104,14 +111,32 @@ async function probe(port: number, s: Scenario, deadline: number): Promise<numbe
 
 const file = await Deno.makeTempFile({ suffix: ".ts" });
 await Deno.writeTextFile(file, server);
+const main = new URL("../../main.ts", import.meta.url).pathname;
 const child = new Deno.Command(Deno.execPath(), {
-  args: ["run", "-A", file],
+  args: ["run", "-A", RELAY ? main : file],
+  env: RELAY
+    ? { PORT: "0", RELAY_KV_PATH: ":memory:", RELAY_APPS: "probe:probe-token-0123456789abcdef" }
+    : {},
   stdout: "piped",
   stderr: "inherit",
 }).spawn();
 const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-const port = Number((await reader.read()).value!.trim());
-console.log(`Deno ${Deno.version.deno}: ${CONNECTIONS} connections per scenario, ${SECONDS} s cap`);
+let port = 0;
+let head = "";
+while (!port) {
+  const { value, done } = await reader.read();
+  if (done) throw new Error(`The server exited: ${head}`);
+  head += value;
+  port = Number(RELAY ? /"event":"listening"[^\n]*"port":(\d+)/.exec(head)?.[1] : head.trim());
+}
+// Keep reading (and dropping) the server's log so it never blocks on a full pipe.
+(async () => {
+  while (!(await reader.read()).done) { /* drop */ }
+})();
+console.log(
+  `Deno ${Deno.version.deno}, ${RELAY ? "the relay (main.ts)" : "plain Deno.serve"}: ` +
+    `${CONNECTIONS} connections per scenario, ${SECONDS} s cap`,
+);
 const deadline = performance.now() + SECONDS * 1000;
 const results = await Promise.all(
   SCENARIOS.map(async (s) => ({
@@ -125,7 +150,10 @@ for (const { s, times } of results) {
   const range = closedAt.length > 0
     ? `closed by the server after ${closedAt[0]}-${closedAt.at(-1)} s`
     : "none closed";
-  console.log(`- ${s.name}: ${closedAt.length} ${range}; ${open} still open at ${SECONDS} s`);
+  const got = answered.get(s.name) ?? 0;
+  console.log(
+    `- ${s.name}: ${got} answered; ${closedAt.length} ${range}; ${open} still open at ${SECONDS} s`,
+  );
 }
 child.kill();
 await child.status;
