@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { encodeBase64Url } from "../lib/encoding.ts";
-import { INGRESS_GONE_MS, keys } from "../lib/store/mod.ts";
+import { keys } from "../lib/store/mod.ts";
 import type { Registration } from "../lib/model.ts";
 import { targetHash } from "../lib/targets.ts";
 import { type Harness, harness } from "./_harness.ts";
@@ -16,6 +16,8 @@ import { listClientSubscriptions } from "./_inspect.ts";
 
 const RI_MS = 604800 * 1000;
 const DAY = 86400_000;
+/** How long a removed registration's push resource answers 410. */
+const INGRESS_GONE_MS = 7 * DAY;
 
 function ingressBody(): Uint8Array<ArrayBuffer> {
   const b = new Uint8Array(120);
