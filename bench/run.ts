@@ -20,7 +20,7 @@
  */
 
 import { signJwt } from "../lib/crypto/jwt.ts";
-import { generateVapidKeys, importVapidKeys } from "../lib/crypto/vapid.ts";
+import { generateVapidKeys, importVapidKeys, type VapidKeys } from "../lib/crypto/vapid.ts";
 import { encodeBase64Url, randomBytes, randomToken } from "../lib/encoding.ts";
 import { DatabaseSync } from "node:sqlite";
 import { loadConfig } from "../lib/config.ts";
@@ -440,6 +440,71 @@ function kvLogical(path: string): { bytes: number; entries: number } {
  * a dead letter, kept 7 days). The relay runs in this process on a SQLite KV with the real
  * wiring and a clock this section moves; only the Web Push transport is replaced.
  */
+type Post = (path: string, init: RequestInit) => Promise<Response>;
+
+/** One minute's registrations from one address, each as large as allowed; statuses and URLs. */
+async function strangerRegistrations(post: Post, limit: number, vapidKey: string) {
+  const keys = await subscriberKeys(1);
+  const statuses: number[] = [];
+  const resources: string[] = [];
+  for (let i = 0; i <= limit; i++) {
+    const endpoint = `https://93.184.216.34/${"x".repeat(4096 - 26)}${randomToken(3)}`;
+    const res = await post("/registrations", {
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        transport: "web-push",
+        subscription: {
+          endpoint: endpoint.slice(0, 4096),
+          keys: { p256dh: keys[0]!, auth: encodeBase64Url(randomBytes(16)) },
+        },
+        ingress: true,
+        "ingress-vapid-public-key": vapidKey,
+      }),
+    });
+    statuses.push(res.status);
+    if (res.status === 201) resources.push((await res.json())["push-resource"]);
+    else await res.body?.cancel();
+  }
+  return { statuses, resources };
+}
+
+/** One minute's ingress messages to one push resource, each as large as allowed; statuses. */
+async function strangerMessages(post: Post, resource: string, vapid: VapidKeys, now: number) {
+  const body = new Uint8Array(4096);
+  new DataView(body.buffer).setUint32(16, 4096);
+  body[20] = 65;
+  body[21] = 0x04;
+  const jwt = await signJwt(
+    { alg: "ES256", typ: "JWT" },
+    { aud: "https://relay.example.net", exp: Math.floor(now / 1000) + 3600, sub: "mailto:a@b" },
+    (await importVapidKeys(vapid)).signingKey,
+  );
+  const statuses: number[] = [];
+  for (let i = 0; i <= 120; i++) {
+    const res = await post(new URL(resource).pathname, {
+      headers: {
+        "content-encoding": "aes128gcm",
+        ttl: "2419200",
+        topic: randomToken(24),
+        authorization: `vapid t=${jwt}, k=${vapid.publicKey}`,
+      },
+      body,
+    });
+    statuses.push(res.status);
+    await res.body?.cancel();
+  }
+  return statuses;
+}
+
+/**
+ * What a stranger can store in one minute from one address at the default limits
+ * (`RELAY_REGISTRATION_RATE_LIMIT` 60 a minute, 120 ingress messages a minute per push
+ * resource), in the largest form each request allows: a 4096-character endpoint with a push
+ * resource restricted to a VAPID key; 4096-byte ingress bodies with a TTL of 28 days and a
+ * Topic each, to a device whose push service fails (so each message is kept until it becomes
+ * a dead letter, kept 7 days). The relay runs in this process on a SQLite KV with the real
+ * wiring and a clock this section moves; only the Web Push transport is replaced.
+ */
 async function stranger() {
   const dir = await Deno.makeTempDir({ prefix: "relay-bench-stranger-" });
   const path = `${dir}/relay.sqlite3`;
@@ -464,63 +529,16 @@ async function stranger() {
     // The breaker's cooldown runs on real time; this section moves only the relay's clock.
     delivery: { breaker: { threshold: 1_000_000 } },
   });
-  const keys = await subscriberKeys(1);
-  const vapid = await generateVapidKeys();
-  const post = (path: string, remote: string, init: RequestInit) =>
-    relay.app.request(`https://relay.example.net${path}`, { method: "POST", ...init }, {
-      remoteAddr: { hostname: remote },
+  const post: Post = async (path, init) =>
+    await relay.app.request(`https://relay.example.net${path}`, { method: "POST", ...init }, {
+      remoteAddr: { hostname: "2001:db8:51:7::1" },
     });
   try {
+    const vapid = await generateVapidKeys();
     const start = kvLogical(path);
-    const statuses: number[] = [];
-    const resources: string[] = [];
-    for (let i = 0; i <= config.registrationRateLimit; i++) {
-      const endpoint = `https://93.184.216.34/${"x".repeat(4096 - 26)}${randomToken(3)}`;
-      const res = await post("/registrations", "2001:db8:51:7::1", {
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({
-          transport: "web-push",
-          subscription: {
-            endpoint: endpoint.slice(0, 4096),
-            keys: { p256dh: keys[0]!, auth: encodeBase64Url(randomBytes(16)) },
-          },
-          ingress: true,
-          "ingress-vapid-public-key": vapid.publicKey,
-        }),
-      });
-      statuses.push(res.status);
-      if (res.status === 201) resources.push((await res.json())["push-resource"]);
-      else await res.body?.cancel();
-    }
+    const regs = await strangerRegistrations(post, config.registrationRateLimit, vapid.publicKey);
     const registered = kvLogical(path);
-    const body = new Uint8Array(4096);
-    new DataView(body.buffer).setUint32(16, 4096);
-    body[20] = 65;
-    body[21] = 0x04;
-    const signing = await importVapidKeys(vapid);
-    const jwt = await signJwt(
-      { alg: "ES256", typ: "JWT" },
-      {
-        aud: "https://relay.example.net",
-        exp: Math.floor(clock.now / 1000) + 3600,
-        sub: "mailto:a@b",
-      },
-      signing.signingKey,
-    );
-    const ingressStatuses: number[] = [];
-    for (let i = 0; i <= 120; i++) {
-      const res = await post(new URL(resources[0]!).pathname, "2001:db8:51:7::1", {
-        headers: {
-          "content-encoding": "aes128gcm",
-          ttl: "2419200",
-          topic: randomToken(24),
-          authorization: `vapid t=${jwt}, k=${vapid.publicKey}`,
-        },
-        body,
-      });
-      ingressStatuses.push(res.status);
-      await res.body?.cancel();
-    }
+    const messages = await strangerMessages(post, regs.resources[0]!, vapid, clock.now);
     await relay.engine.idle();
     const queued = kvLogical(path);
     // Every retry until the messages are dead letters (8 attempts, at most 5 minutes apart).
@@ -530,19 +548,17 @@ async function stranger() {
       await relay.engine.idle();
     }
     const dead = kvLogical(path);
-    const left = { queued: await relay.store.queue.count(), dead: 0 };
-    for await (const _ of kv.list({ prefix: ["dead"] })) left.dead++;
-    const count = (xs: number[], s: number) => xs.filter((x) => x === s).length;
+    const count = (xs: number[]) => xs.filter((x) => x === 201).length;
     return {
-      registrations: count(statuses, 201),
-      refused: statuses.length - count(statuses, 201),
+      registrations: count(regs.statuses),
+      refused: regs.statuses.length - count(regs.statuses),
       registrationBytes: registered.bytes - start.bytes,
       registrationEntries: registered.entries - start.entries,
-      messages: count(ingressStatuses, 201),
-      refusedMessages: ingressStatuses.length - count(ingressStatuses, 201),
+      messages: count(messages),
+      refusedMessages: messages.length - count(messages),
       queuedBytes: queued.bytes - registered.bytes,
       deadBytes: dead.bytes - registered.bytes,
-      after: left,
+      deadLetters: await relay.store.kv.count({ prefix: ["dead"] }),
       idleMinutes: config.refreshInterval / 60,
     };
   } finally {
@@ -570,7 +586,9 @@ function strangerTable(r: Awaited<ReturnType<typeof stranger>>): string {
     } minutes) without a subscription, at most | ${mib(r.registrationBytes * r.idleMinutes)} |`,
     `| ${r.messages} ingress messages in a minute to one of its push resources (${r.refusedMessages} more refused with 429), 4096 bytes, TTL 28 days, a Topic each, the device's push service failing | ${
       kib(r.queuedBytes)
-    } while queued, ${kib(r.deadBytes)} as dead letters (${fmt(perMsg)} B each, kept 7 days) |`,
+    } while queued, ${kib(r.deadBytes)} as ${r.deadLetters} dead letters (${
+      fmt(perMsg)
+    } B each, kept 7 days) |`,
   ].join("\n");
 }
 

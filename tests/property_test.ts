@@ -23,9 +23,9 @@ import {
   type Harness,
   harness,
   PATH_APP,
-  PUBLIC_URL,
   testSubscriptionKeys,
 } from "./_harness.ts";
+import { binaryArb, jsonBodyArb, type Req, requestArb, xmlArb } from "./fixtures/fuzz.ts";
 
 const SEED = Number(Deno.env.get("FC_SEED") ?? Math.floor(Math.random() * 2 ** 31));
 const RUNS = Number(Deno.env.get("FC_RUNS") ?? 500);
@@ -34,6 +34,7 @@ const SECRET = encodeBase64Url(new Uint8Array(32).fill(7));
 
 interface Fixture {
   h: Harness;
+  metricsToken: string;
   clientId: string;
   clientData: string;
   ingressId: string;
@@ -82,6 +83,7 @@ async function fixture(): Promise<Fixture> {
   ];
   return {
     h,
+    metricsToken: METRICS_TOKEN,
     clientId: reg["client-id"],
     clientData: reg["client-data"],
     ingressId,
@@ -90,234 +92,6 @@ async function fixture(): Promise<Fixture> {
     auth,
     secrets,
   };
-}
-
-interface Req {
-  method: string;
-  path: string;
-  headers: [string, string][];
-  body: string | Uint8Array | null;
-}
-
-// --- generators -------------------------------------------------------------------------------
-
-/** Printable ASCII without CR/LF: what a header value can be. */
-const headerText = fc.string({
-  unit: fc.integer({ min: 0x20, max: 0x7e }).map(String.fromCharCode),
-  maxLength: 40,
-});
-
-/** A known path, mutated (case, slashes, percent-encoding, extra segments) or random. */
-function pathArb(f: Fixture, binary: boolean): fc.Arbitrary<string> {
-  const known = fc.constantFrom(
-    "/gateway",
-    `/gateway/${PATH_APP}`,
-    "/gateway/app1",
-    "/registrations",
-    `/registrations/${f.clientId}`,
-    "/registrations/nobody",
-    "/transports",
-    "/healthz",
-    "/metrics",
-    `/push/${f.ingressId}`,
-    `/push/${encodeBase64Url(randomBytes(24))}`,
-    "/",
-  );
-  const mutated = fc.tuple(known, fc.integer({ min: 0, max: 7 }), fc.nat()).map(([p, how, n]) => {
-    const i = p.length > 1 ? 1 + (n % (p.length - 1)) : 0;
-    switch (how) {
-      case 0:
-        return p.toUpperCase();
-      case 1:
-        return `/${p}`;
-      case 2:
-        return p.replace(/\//g, "%2f").replace(/^%2f/, "/");
-      case 3:
-        return `${p}/`;
-      case 4:
-        return `${p}/x/${n}`;
-      case 5:
-        return p.slice(0, i) + "%" + (n % 256).toString(16).padStart(2, "0") + p.slice(i);
-      case 6:
-        return p.slice(0, i) + "//" + p.slice(i);
-      default:
-        return `${p}?q=${n}`;
-    }
-  });
-  const random = fc.webPath().map((p) => (p.startsWith("/") ? p : `/${p}`));
-  const favoured = binary
-    ? fc.constant(`/push/${f.ingressId}`)
-    : fc.constantFrom("/gateway", `/gateway/${PATH_APP}`, "/gateway/app1", "/registrations");
-  return fc.oneof(
-    { weight: 6, arbitrary: favoured },
-    { weight: 3, arbitrary: known },
-    { weight: 3, arbitrary: mutated },
-    { weight: 1, arbitrary: random },
-  ).map((p) => (p.startsWith("/") ? p : `/${p}`));
-}
-
-const methodArb = fc.oneof(
-  { weight: 12, arbitrary: fc.constant("POST") },
-  { weight: 3, arbitrary: fc.constantFrom("GET", "HEAD", "DELETE", "PUT", "PATCH", "OPTIONS") },
-  { weight: 1, arbitrary: fc.stringMatching(/^[A-Z]{3,10}$/) },
-);
-
-/** Usually `likely`, sometimes absent or another value. */
-function mostly<T>(likely: fc.Arbitrary<T>, other: fc.Arbitrary<T>, absent = 1) {
-  return fc.oneof(
-    { weight: 7, arbitrary: likely },
-    { weight: 2, arbitrary: other },
-    { weight: absent, arbitrary: fc.constant(undefined) },
-  );
-}
-
-/** Rarely present. */
-function rarely<T>(a: fc.Arbitrary<T>) {
-  return fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: a });
-}
-
-/** Headers shaped for JSON endpoints or for the ingress (`binary`), with odd values mixed in. */
-function headersArb(f: Fixture, binary: boolean): fc.Arbitrary<[string, string][]> {
-  const auth = fc.constantFrom(
-    `Bearer ${APP_TOKEN}`,
-    `Bearer ${APP_TOKEN}`,
-    `Bearer ${APP_TOKEN}`,
-    `Bearer ${APP_TOKEN}`,
-    `Bearer ${APP2_TOKEN}`,
-    `Bearer ${METRICS_TOKEN}`,
-    `Bearer ${f.clientData}`,
-    "Bearer wrong-token-0123456789",
-    `vapid t=a.b.c, k=${f.p256dh}`,
-    "Basic dXNlcjpwYXNz",
-  );
-  const oddType = fc.oneof(
-    fc.constantFrom("text/plain", "application/xml", "application/merge-patch+json"),
-    headerText,
-  );
-  return fc.record({
-    "content-type": binary
-      ? rarely(fc.oneof(fc.constant("application/octet-stream"), oddType))
-      : mostly(fc.constantFrom("application/json", "application/json; charset=utf-8"), oddType),
-    "content-encoding": binary
-      ? mostly(fc.constantFrom("aes128gcm", "AES128GCM"), fc.oneof(fc.constant("gzip"), headerText))
-      : rarely(fc.oneof(fc.constantFrom("identity", "gzip", "br"), headerText)),
-    authorization: mostly(auth, headerText, 3),
-    ttl: binary ? mostly(fc.nat().map(String), headerText) : rarely(fc.nat().map(String)),
-    urgency: rarely(fc.oneof(fc.constantFrom("very-low", "low", "normal", "high"), headerText)),
-    topic: rarely(fc.oneof(fc.stringMatching(/^[A-Za-z0-9_-]{1,40}$/), headerText)),
-    origin: rarely(fc.constantFrom("https://app.example.org", "https://evil.example")),
-    "x-forwarded-for": rarely(fc.ipV4()),
-  }).map((r) => Object.entries(r).filter((e): e is [string, string] => e[1] !== undefined));
-}
-
-/** Valid bodies of every JSON operation, to be mutated. */
-function validBodies(f: Fixture, p256dh: string): unknown[] {
-  const future = new Date(Date.UTC(2026, 10, 25)).toISOString();
-  return [
-    { "push-transports": [] },
-    {
-      "push-subscribe": {
-        topics: ["t1", "t3"],
-        "selected-transport": {
-          "transport-uri": `${PUBLIC_URL}/transports/web-push`,
-          "client-data": f.clientData,
-        },
-        expires: future,
-      },
-    },
-    { push: { messages: [{ topic: "t1", priority: 90, timestamp: future, "client-id": "x" }] } },
-    { push: [{ topic: "t2" }] },
-    {
-      transport: "web-push",
-      subscription: {
-        endpoint: `https://push.example.com/wpush/fresh-${crypto.randomUUID()}`,
-        keys: { p256dh, auth: encodeBase64Url(randomBytes(16)) },
-      },
-      ingress: true,
-    },
-    { transport: "fcm", token: "some-token" },
-    { transport: "apns", token: "ab".repeat(32), environment: "production" },
-  ];
-}
-
-/** Every path (list of keys) into a JSON value. */
-function jsonPaths(v: unknown, at: (string | number)[] = []): (string | number)[][] {
-  const out = [at];
-  if (Array.isArray(v)) v.forEach((x, i) => out.push(...jsonPaths(x, [...at, i])));
-  else if (v && typeof v === "object") {
-    for (const [k, x] of Object.entries(v)) out.push(...jsonPaths(x, [...at, k]));
-  }
-  return out;
-}
-
-function setAt(v: unknown, path: (string | number)[], value: unknown, remove: boolean): unknown {
-  if (path.length === 0) return value;
-  const copy = structuredClone(v) as Record<string | number, unknown>;
-  let node = copy;
-  for (const k of path.slice(0, -1)) node = node[k] as Record<string | number, unknown>;
-  const last = path.at(-1)!;
-  if (remove) delete node[last];
-  else node[last] = value;
-  return copy;
-}
-
-function jsonBodyArb(f: Fixture, p256dh: string): fc.Arbitrary<string> {
-  const valid = fc.constantFrom(...validBodies(f, p256dh));
-  const mutatedValue = valid.chain((v) => {
-    const paths = jsonPaths(v);
-    return fc.tuple(fc.constantFrom(...paths), fc.jsonValue({ maxDepth: 3 }), fc.boolean())
-      .map(([path, value, remove]) => JSON.stringify(setAt(v, path, value, remove)));
-  });
-  const broken = fc.tuple(valid, fc.nat()).map(([v, n]) => {
-    const text = JSON.stringify(v);
-    return text.slice(0, n % text.length);
-  });
-  const duplicated = valid.map((v) => {
-    const text = JSON.stringify(v);
-    return `${text.slice(0, -1)},${text.slice(1)}`;
-  });
-  return fc.oneof(
-    { weight: 2, arbitrary: valid.map((v) => JSON.stringify(v)) },
-    { weight: 5, arbitrary: mutatedValue },
-    { weight: 2, arbitrary: fc.json({ maxDepth: 4 }) },
-    { weight: 1, arbitrary: broken },
-    { weight: 1, arbitrary: duplicated },
-  );
-}
-
-const xmlArb = fc.oneof(
-  fc.constant(
-    '<?xml version="1.0" encoding="utf-8"?><push-register xmlns="https://bitfire.at/webdav-push"><subscription><web-push-subscription><push-resource>https://push.example.com/x</push-resource></web-push-subscription></subscription></push-register>',
-  ),
-  fc.constant('<!DOCTYPE x [<!ENTITY a "aaaa">]><x>&a;&a;</x>'),
-  fc.array(fc.constantFrom("<", ">", "</", "a", '="', "&amp;", "<?xml?>", " xmlns:P="), {
-    maxLength: 40,
-  }).map((parts) => parts.join("")),
-);
-
-/** Binary bodies for the ingress: random, or an aes128gcm header followed by random bytes. */
-const binaryArb = fc.oneof(
-  fc.uint8Array({ maxLength: 300 }),
-  fc.tuple(fc.integer({ min: 0, max: 5000 }), fc.nat({ max: 2 ** 32 - 1 }), fc.boolean()).map(
-    ([len, rs, keyid]) => {
-      const b = new Uint8Array(len);
-      if (len >= 22) {
-        new DataView(b.buffer).setUint32(16, rs);
-        b[20] = keyid ? 65 : 3;
-        b[21] = 0x04;
-      }
-      return b;
-    },
-  ),
-);
-
-function requestArb(f: Fixture, body: fc.Arbitrary<Req["body"]>, binary: boolean) {
-  return fc.record({
-    method: methodArb,
-    path: pathArb(f, binary),
-    headers: headersArb(f, binary),
-    body,
-  });
 }
 
 // --- the properties -----------------------------------------------------------------------------
