@@ -98,7 +98,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   // Web Push goes out on the relay's own HTTP/1.1 client unless a fetch is injected or an
   // outbound proxy is configured (fetch honours HTTPS_PROXY and friends; that client does not).
   const webPushFetch = options.fetch ?? (config.outboundProxy ? fetch : undefined);
-  const store = createStore(kv);
+  const store = createStore(kv, { now, registrationIdleMs: config.refreshInterval * 1000 });
   // Two processes opening one fresh SQLite file at once can meet "database is locked" on their
   // first writes; the store retries those (lib/store/kv.ts).
   const { secret, vapid, apps } = await loadSecrets(store, config, options.onDevTokenCreated);

@@ -15,7 +15,14 @@ import type { Logger } from "./log.ts";
 import type { PayloadFormat, Registration, Target, TransportId } from "./model.ts";
 import type { Sealer } from "./seal.ts";
 import type { Store } from "./store/mod.ts";
-import { endpointRefusal, type Resolver, targetHash } from "./targets.ts";
+import type { DeviceIdentity } from "./store/registrations.ts";
+import {
+  endpointRefusal,
+  legacyTargetHash,
+  type Resolver,
+  sameKeys,
+  targetHash,
+} from "./targets.ts";
 import type { Clock } from "./time.ts";
 import { validateApnsEnvironment, validateApnsToken } from "./transports/apns.ts";
 import { validateFcmToken } from "./transports/fcm.ts";
@@ -62,8 +69,11 @@ export class Registrations {
   constructor(private readonly o: RegistrationsOptions) {}
 
   /**
-   * Registers a device. The same device (same endpoint or token) keeps its client-id, so a
-   * re-registration does not double its pushes; its keys are updated.
+   * Registers a device (README "The client API", "Who owns a registration"). The same device
+   * keeps its client-id, so a re-registration does not double its pushes, and renews its
+   * lifetime: the same FCM or APNs token, or the same Web Push endpoint with the same keys.
+   * The same endpoint with other keys is a new client; the existing one stays as it was. A
+   * repeated registration can add a push resource, never remove one.
    */
   async register(req: RegistrationRequest): Promise<RegistrationResult> {
     const info = this.o.transports.find((t) => t.id === req.transport);
@@ -77,33 +87,53 @@ export class Registrations {
     if (req.ingressVapidKey !== undefined) checkIngressKey(req.ingressVapidKey);
     const format = payloadFormatOf(req);
     const target = await this.target(req);
-    const hash = await targetHash(target);
-    const existingId = await this.o.store.registrations.findByTarget(hash);
-    const existing = existingId ? await this.o.store.registrations.get(existingId) : null;
-    const clientId = existing?.clientId ?? randomToken(16);
-    const reg: Registration = { clientId, target, createdAt: existing?.createdAt ?? this.o.now() };
-    // The device's latest registration says which payloads it understands.
-    if (format === "webdav-push") reg.payload = format;
-    if (req.ingress) {
-      reg.ingress = {
-        id: existing?.ingress?.id ?? randomToken(24),
-        ...(req.ingressVapidKey !== undefined ? { vapidPublicKey: req.ingressVapidKey } : {}),
-      };
-    }
-    await this.o.store.registrations.put(reg, hash);
+    const { reg, existing } = await this.o.store.registrations.register(
+      await identityOf(target),
+      (existing) => this.record(target, req, format, existing),
+    );
     this.o.logger.log("info", "registration", {
-      client: clientId,
+      client: reg.clientId,
       transport: target.transport,
       renewed: !!existing,
     });
     const result: RegistrationResult = {
-      "client-data": await this.o.sealer.seal({ clientId, transport: target.transport }),
-      "client-id": clientId,
+      "client-data": await this.o.sealer.seal({
+        clientId: reg.clientId,
+        transport: target.transport,
+      }),
+      "client-id": reg.clientId,
       "transport-uri": info.uri,
       "refresh-interval": this.o.refreshInterval,
     };
     if (reg.ingress) result["push-resource"] = `${this.o.publicUrl}/push/${reg.ingress.id}`;
     return result;
+  }
+
+  /** The record to store for `target`, given the device's existing registration, if any. */
+  private record(
+    target: Target,
+    req: RegistrationRequest,
+    format: PayloadFormat,
+    existing: Registration | null,
+  ): Registration {
+    const reg: Registration = {
+      clientId: existing?.clientId ?? randomToken(16),
+      target,
+      createdAt: existing?.createdAt ?? this.o.now(),
+    };
+    // The device's latest registration says which payloads it understands.
+    if (format === "webdav-push") reg.payload = format;
+    // "ingress" adds a push resource, never removes one; a VAPID key given replaces the
+    // restriction (a DAV server's key rotation), none given keeps it.
+    const ingress = existing?.ingress;
+    if (req.ingress || ingress) {
+      const vapidPublicKey = req.ingressVapidKey ?? ingress?.vapidPublicKey;
+      reg.ingress = {
+        id: ingress?.id ?? randomToken(24),
+        ...(vapidPublicKey !== undefined ? { vapidPublicKey } : {}),
+      };
+    }
+    return reg;
   }
 
   /** The device address of a request, or the `400` that says what is wrong with it. */
@@ -165,8 +195,7 @@ export class Registrations {
         "This client-data does not belong to that client-id",
       );
     }
-    const reg = await this.o.store.registrations.get(clientId);
-    await this.o.store.registrations.remove(clientId, reg ? await targetHash(reg.target) : null);
+    await this.o.store.registrations.remove(clientId, null);
     this.o.logger.log("info", "registration.deleted", { client: clientId });
   }
 }
@@ -202,4 +231,21 @@ function checkIngressKey(key: string): void {
       "ingress-vapid-public-key must be a base64url 65-byte P-256 point",
     );
   }
+}
+
+/**
+ * How the store finds a device: its hash; for Web Push also the endpoint-only hash older
+ * registrations were stored under, which is the same device only with the same keys.
+ */
+async function identityOf(target: Target): Promise<DeviceIdentity> {
+  const hash = await targetHash(target);
+  const legacy = await legacyTargetHash(target);
+  if (legacy === null || target.transport !== "web-push") return { hash };
+  return {
+    hash,
+    legacy: {
+      hash: legacy,
+      sameDevice: (reg) => reg.target.transport === "web-push" && sameKeys(reg.target, target),
+    },
+  };
 }

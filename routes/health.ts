@@ -1,11 +1,14 @@
 /**
- * `GET /healthz` (README "Errors and operations") and `GET /metrics` (Prometheus text format).
+ * `GET /healthz` (README "Errors and operations") and `GET /metrics` (Prometheus text format),
+ * which needs `Authorization: Bearer <RELAY_METRICS_TOKEN>` when that is set.
  *
  * @module
  */
 
 import { Hono } from "hono";
+import { timingSafeEqual } from "../lib/encoding.ts";
 import type { AppDeps } from "./mod.ts";
+import { parseBearer, unauthorized } from "./auth.ts";
 
 export function healthRoutes(deps: AppDeps): Hono {
   const app = new Hono();
@@ -13,7 +16,14 @@ export function healthRoutes(deps: AppDeps): Hono {
     await deps.status.ping(); // throws StorageError → 503 via onError
     return c.json({ status: "ok" });
   });
+  const token = deps.config.metricsToken;
   app.get("/metrics", async function metrics(c) {
+    if (token !== null) {
+      const given = parseBearer(c.req.header("authorization"));
+      if (given === null || !timingSafeEqual(given, token)) {
+        throw unauthorized("/metrics requires Authorization: Bearer <RELAY_METRICS_TOKEN>");
+      }
+    }
     // One KV read per scrape (a counter kept with the records), never a scan. When storage
     // does not answer, the other metrics are still served, with the last count.
     try {

@@ -1,7 +1,8 @@
 /**
- * `createApp(deps)`: the Hono app. Middleware (request log, security headers), the route
- * mounts, and one error handler that turns `RelayError`, `StorageError` and everything else
- * into the error bodies of the README ("Errors and operations").
+ * `createApp(deps)`: the Hono app. Middleware (request log, security headers, body deadline,
+ * CORS), the route mounts, `404`/`405`, and one error handler that turns `RelayError`,
+ * `StorageError` and everything else into the error bodies of the README ("Errors and
+ * operations").
  *
  * @module
  */
@@ -17,14 +18,24 @@ import type { Metrics } from "../lib/metrics.ts";
 import type { Registrations } from "../lib/registrations.ts";
 import type { Clock } from "../lib/time.ts";
 import { type AdminRouteOptions, adminRoutes } from "./admin.ts";
+import { bodyDeadline } from "./body.ts";
+import { addCors } from "./cors.ts";
 import { gatewayRoutes } from "./gateway.ts";
 import { healthRoutes } from "./health.ts";
 import { ingressRoutes } from "./ingress.ts";
+import { KnownPaths, logMethod, logPattern } from "./known_paths.ts";
 import { registrationRoutes } from "./registrations.ts";
 
 /** What the routes call: the domain services, and the few storage reads they need. */
 export interface AppDeps {
-  config: Pick<Config, "registrationRateLimit">;
+  config: Pick<
+    Config,
+    | "registrationRateLimit"
+    | "clientIpHeader"
+    | "corsOrigins"
+    | "metricsToken"
+    | "requestTimeoutMs"
+  >;
   apps: AppConfig[];
   transports: TransportInfo[];
   gateway: Gateway;
@@ -44,15 +55,6 @@ export interface AppDeps {
   admin?: AdminRouteOptions;
 }
 
-/** Paths as logged: capability segments (path-secret app ids, ingress ids) are masked. */
-export function logPath(path: string): string {
-  return path
-    .replace(/^\/gateway\/[^/]+/, "/gateway/<app>")
-    .replace(/^\/push\/[^/]+/, "/push/<id>")
-    .replace(/^\/registrations\/[^/]+/, "/registrations/<client-id>")
-    .slice(0, 120);
-}
-
 function errorBody(code: string, message: string, extra: Record<string, unknown> = {}) {
   return { error: { code, message, ...extra } };
 }
@@ -60,14 +62,17 @@ function errorBody(code: string, message: string, extra: Record<string, unknown>
 export function createApp(deps: AppDeps): Hono {
   const app = new Hono();
 
+  const known = new KnownPaths(app);
+
   app.use(async function requestLog(c, next) {
     const start = performance.now();
     await next();
     const ms = Math.round((performance.now() - start) * 10) / 10;
     deps.metrics.httpRequests.inc({ code: `${Math.floor(c.res.status / 100)}xx` });
+    // README "Errors and operations": paths are logged as route patterns, capabilities masked.
     deps.logger.log("info", "request", {
-      method: c.req.method,
-      path: logPath(c.req.path),
+      method: logMethod(c.req.method),
+      path: logPattern(known.patternOf(c)),
       status: c.res.status,
       ms,
     });
@@ -79,13 +84,27 @@ export function createApp(deps: AppDeps): Hono {
     c.res.headers.set("Cache-Control", "no-store");
   });
 
+  app.use(bodyDeadline(deps.config.requestTimeoutMs));
+  addCors(app, { origins: deps.config.corsOrigins });
+
   app.route("/", healthRoutes(deps));
   app.route("/", gatewayRoutes(deps));
   app.route("/", registrationRoutes(deps));
   app.route("/", ingressRoutes(deps.ingress, deps.now));
   if (deps.admin) app.route("/", adminRoutes(deps.admin));
 
-  app.notFound((c) => c.json(errorBody("not-found", "No such resource"), 404));
+  app.notFound((c) => {
+    // RFC 9110 §15.5.6: a known path with a method it does not serve names the methods.
+    const path = known.match(c.req.path);
+    if (path) {
+      return c.json(
+        errorBody("method-not-allowed", `This path serves ${path.allow.join(", ")}`),
+        405,
+        { Allow: path.allow.join(", ") },
+      );
+    }
+    return c.json(errorBody("not-found", "No such resource"), 404);
+  });
 
   app.onError((err, c) => {
     if (err instanceof RelayError) {

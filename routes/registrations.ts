@@ -5,21 +5,17 @@
  * @module
  */
 
-import { type Context, Hono } from "hono";
+import { Hono } from "hono";
 import { RelayError } from "../lib/errors.ts";
 import type { RegistrationRequest } from "../lib/registrations.ts";
 import type { TransportId } from "../lib/model.ts";
 import type { AppDeps } from "./mod.ts";
 import { parseBearer, unauthorized } from "./auth.ts";
 import { isPlainObject, readJson } from "./body.ts";
+import { clientAddress } from "./client_address.ts";
 import { rateLimit } from "./rate_limit.ts";
 
 const MAX_ENDPOINT_CHARS = 4096;
-
-function remoteAddress(c: Context): string {
-  const env = c.env as { remoteAddr?: { hostname?: string } } | undefined;
-  return env?.remoteAddr?.hostname ?? "unknown";
-}
 
 function invalidRequest(message: string): RelayError {
   return new RelayError(400, "invalid-request", message);
@@ -91,7 +87,7 @@ export function registrationRoutes(deps: AppDeps): Hono {
     // Per client address, before any other work.
     rateLimit({
       limit,
-      subject: (c) => `reg:${remoteAddress(c)}`,
+      subject: (c) => `reg:${clientAddress(c, { header: deps.config.clientIpHeader })}`,
       hit: deps.hit,
       now: deps.now,
       message: `More than ${limit} registrations a minute from this address`,

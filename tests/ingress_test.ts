@@ -395,7 +395,7 @@ Deno.test("ingress: VAPID-restricted resource: missing/invalid 401, another key 
   }
 });
 
-Deno.test("ingress: a deleted, re-registered-without-ingress or pruned registration answers 410", async () => {
+Deno.test('ingress: a deleted or pruned registration answers 410; registering again without "ingress" keeps the push resource', async () => {
   const { h, fake } = await rig();
   try {
     const body = await encrypted();
@@ -409,14 +409,17 @@ Deno.test("ingress: a deleted, re-registered-without-ingress or pruned registrat
     assert.equal(gone.status, 410);
     assert.equal(await errorCode(gone), "gone");
 
-    // The same APNs device registers again without "ingress": its old push resource is gone.
+    // The same APNs device registers again without "ingress": "ingress" on a repeated
+    // registration can add a push resource, never remove one (README "The client API").
     const apns = await register(h, "apns");
     const again = await h.request("/registrations", {
       method: "POST",
       json: { transport: "apns", token: "ab".repeat(32), environment: "production" },
     });
-    assert.equal((await again.json())["client-id"], apns.clientId);
-    assert.equal((await post(h, apns.path, body)).status, 410);
+    const renewed = await again.json();
+    assert.equal(renewed["client-id"], apns.clientId);
+    assert.equal(renewed["push-resource"], `${PUBLIC_URL}${apns.path}`);
+    assert.equal((await post(h, apns.path, body)).status, 201);
 
     // The push service says the device is gone : pruned, then 410 from then on.
     const pruned = await register(h, "fcm");
@@ -537,8 +540,11 @@ Deno.test("ingress: the push resource is not part of the gateway: app tokens and
   const { h } = await rig();
   try {
     const dev = await register(h, "web-push");
+    // A known path with a method it does not serve: 405 with Allow (README "Errors and
+    // operations").
     const get = await h.request(dev.path, { headers: { authorization: `Bearer ${APP_TOKEN}` } });
-    assert.equal(get.status, 404);
+    assert.equal(get.status, 405);
+    assert.equal(get.headers.get("allow"), "POST");
     // The Location of a message is not a resource the relay serves.
     const res = await post(h, dev.path, await encrypted());
     const location = new URL(res.headers.get("location")!).pathname;

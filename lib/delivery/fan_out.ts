@@ -157,6 +157,8 @@ export class FanOut {
       this.entry.value.cursor,
       Math.min(this.o.pageSize, this.o.sendConcurrency),
     );
+    // Not awaited when the fan-out stops before its first page; its failure then concerns nobody.
+    next.catch(() => {});
     pull: while (next && this.sending) {
       if (this.o.now() >= this.m.expiresAt) {
         this.settle("expired");

@@ -3,7 +3,8 @@
  * accepted; a scan only finds what a crash, a retry, a closed coalescing window or a restart
  * left. Takeover claims check the record and the previous holder's heartbeat in one atomic, so
  * two processes never work on one message at once. It also runs the expiry sweep (CC/CD 70025
- * §6.2.1.6 MUST: subscriptions not refreshed in time are removed).
+ * §6.2.1.6 MUST: subscriptions not refreshed in time are removed) and the registration
+ * lifetime sweep (lib/store/lifetimes.ts).
  *
  * @module
  */
@@ -21,6 +22,8 @@ const MAX_CLAIMS_PER_SCAN = 64;
 const OUTBOX_PER_SCAN = 1000;
 /** Due queued deliveries one scan reads at most. */
 const DUE_PER_SCAN = 500;
+/** Registration lifetime checks (and gone push-resource markers) one scan handles at most. */
+const LIFETIMES_PER_SCAN = 200;
 
 export interface ScannerOptions {
   store: Store;
@@ -90,6 +93,10 @@ export class Scanner {
     // Bounded per run; the next scan goes on.
     const swept = await store.subscriptions.sweepExpired(now, this.o.sweepLimit);
     if (swept > 0) this.o.logger.log("info", "sweep", { removed: swept });
+    // README "The client API": registrations idle for one refresh-interval go, then the
+    // markers of their push resources; bounded per run like the expiry sweep.
+    const life = await store.lifetimes.sweep(now, LIFETIMES_PER_SCAN);
+    if (life.removed + life.forgotten > 0) this.o.logger.log("info", "lifetime.sweep", { ...life });
     return { work, more };
   }
 

@@ -5,7 +5,10 @@
  * |---|---|---|
  * | `["meta", name]` | generated secrets and keys, kept across restarts (`relay-id`: this relay's name in `Via`; `probe`: the start-up round trip on Deno Deploy) | meta.ts, preflight.ts |
  * | `["reg", clientId]` | `Registration` | registrations.ts |
- * | `["regt", targetHash]` | clientId: one client per device | registrations.ts |
+ * | `["regt", targetHash]` | clientId: one client per device (FCM/APNs token; Web Push endpoint and keys; older Web Push entries: the endpoint alone) | registrations.ts |
+ * | `["regl", clientId]` | `RegistrationLife`: when the registration was made or renewed, and when the lifetime sweep looks at it next | registrations.ts, lifetimes.ts |
+ * | `["regx", checkAt, clientId]` | null: the lifetime sweep's index, one entry per registration | registrations.ts, lifetimes.ts |
+ * | `["rega", clientId]` | `Deno.KvU64`: the latest expiry any subscription of the client was given (a `max` in the atomics that write subscriptions) | subscriptions.ts |
  * | `["sub", app, topic, clientId]` | `SubscriptionValue`, with the per-app counters' mark (fan-out reads this prefix) | subscriptions.ts |
  * | `["subc", clientId, app, topic]` | expiry: every subscription of a client | subscriptions.ts |
  * | `["subx", expiresAt, app, topic, clientId]` | null: the expiry sweep (CC/CD 70025 §6.2.1.6) | subscriptions.ts |
@@ -19,6 +22,7 @@
  * | `["dead", id]` | `DeadLetter`, kept for 7 days | queue.ts, outbox.ts |
  * | `["worker", owner]` | `WorkerBeat`: a process's heartbeat; its leases are valid while it beats | workers.ts |
  * | `["ingress", id]` | the client behind a Web Push ingress id, and whether it is gone | registrations.ts |
+ * | `["ingx", deleteAt, id]` | null: when the marker of a gone push resource is deleted (`410`, then `404`) | registrations.ts, lifetimes.ts |
  * | `["ingress-topic", clientId, topic]` | when the newest ingress message with that RFC 8030 `Topic` was accepted | ingress.ts |
  * | `["rl", subject, minute]` | hits counted in one rate-limit window | limits.ts |
  * | `["upstream", "bootstrap"]` | `StoredBootstrap`: the upstream gateway's transports as last fetched, and from which URL | upstream.ts |
@@ -37,6 +41,13 @@ export const keys = {
 
   registration: (clientId: string) => ["reg", clientId],
   registrationByTarget: (targetHash: string) => ["regt", targetHash],
+  registrationLife: (clientId: string) => ["regl", clientId],
+  /** All registration records, for the one-off scheduling of older registrations. */
+  registrationsAll: ["reg"],
+  lifetimeCheck: (checkAt: number, clientId: string) => ["regx", checkAt, clientId],
+  /** Every lifetime check due at or before `now`. */
+  lifetimeChecksDue: (now: number) => ({ start: ["regx"], end: ["regx", now + 1] }),
+  clientActiveUntil: (clientId: string) => ["rega", clientId],
 
   subscription: (app: string, topic: string, clientId: string) => ["sub", app, topic, clientId],
   /** Prefix of every subscription of (app, topic), in client-id order. */
@@ -76,6 +87,11 @@ export const keys = {
 
   ingress: (id: string) => ["ingress", id],
   ingressTopic: (clientId: string, topic: string) => ["ingress-topic", clientId, topic],
+  /** Prefix of every ingress Topic entry of a client. */
+  ingressTopics: (clientId: string) => ["ingress-topic", clientId],
+  ingressExpiry: (deleteAt: number, id: string) => ["ingx", deleteAt, id],
+  /** Every gone push-resource marker due for deletion at or before `now`. */
+  ingressExpiriesDue: (now: number) => ({ start: ["ingx"], end: ["ingx", now + 1] }),
 
   rateLimit: (subject: string, window: number) => ["rl", subject, window],
 

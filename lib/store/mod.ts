@@ -6,8 +6,10 @@
  * @module
  */
 
+import { type Clock, systemClock } from "../time.ts";
 import { IngressStore } from "./ingress.ts";
 import { Kv } from "./kv.ts";
+import { LifetimeSweep } from "./lifetimes.ts";
 import { LimitStore } from "./limits.ts";
 import { MetaStore } from "./meta.ts";
 import { OutboxStore } from "./outbox.ts";
@@ -26,6 +28,8 @@ export {
   type StoredBootstrap,
   type StoredPushUrl,
 } from "./upstream.ts";
+export { type SweepResult } from "./lifetimes.ts";
+export { INGRESS_GONE_MS, type RegistrationLife } from "./registrations.ts";
 export { isBusy, Kv, sizedBatches } from "./kv.ts";
 export { keys } from "./keys.ts";
 
@@ -40,16 +44,35 @@ export interface Store {
   readonly limits: LimitStore;
   readonly ingress: IngressStore;
   readonly upstream: UpstreamStore;
+  readonly lifetimes: LifetimeSweep;
+}
+
+export interface StoreOptions {
+  /** @default the system clock */
+  now?: Clock;
+  /**
+   * A registration without an active subscription for this long is removed (README "The client
+   * API": one refresh-interval). @default 604800000, the default `RELAY_REFRESH_INTERVAL`
+   */
+  registrationIdleMs?: number;
 }
 
 /** The stores of one KV database. */
-export function createStore(db: Deno.Kv): Store {
+export function createStore(db: Deno.Kv, options: StoreOptions = {}): Store {
   const kv = new Kv(db);
   const subscriptions = new SubscriptionStore(kv);
+  const idleMs = options.registrationIdleMs ?? 604_800_000;
+  if (!Number.isInteger(idleMs) || idleMs < 1) {
+    throw new RangeError(`Cannot create the store: registrationIdleMs must be >= 1, got ${idleMs}`);
+  }
+  const registrations = new RegistrationStore(kv, subscriptions, {
+    now: options.now ?? systemClock,
+    idleMs,
+  });
   return {
     kv,
     meta: new MetaStore(kv),
-    registrations: new RegistrationStore(kv, subscriptions),
+    registrations,
     subscriptions,
     outbox: new OutboxStore(kv),
     queue: new QueueStore(kv),
@@ -57,5 +80,6 @@ export function createStore(db: Deno.Kv): Store {
     limits: new LimitStore(kv),
     ingress: new IngressStore(kv),
     upstream: new UpstreamStore(kv),
+    lifetimes: new LifetimeSweep(kv, registrations, { idleMs }),
   };
 }

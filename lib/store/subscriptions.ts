@@ -3,7 +3,8 @@
  * with two indexes written in the same atomics, `["subc", clientId, app, topic]` (every
  * subscription of a client, for pruning) and `["subx", exp, app, topic, clientId]` (the expiry
  * sweep), a counter of `sub` records (`["stat", "subscriptions"]`) so `/metrics` reads one
- * key instead of scanning, and the per-app counters of app_counts.ts.
+ * key instead of scanning, the per-app counters of app_counts.ts, and the client's latest expiry
+ * (`["rega", clientId]`, for the registration lifetime of lifetimes.ts).
  *
  * Each subscription's record is checked in the atomic that changes it, so the counters stay
  * exact when two writers race; batches stay within KV's 100 checks per atomic (the per-app
@@ -97,6 +98,8 @@ export class SubscriptionStore {
       });
       addToCount(op, added);
       counts.add(clientId, app, counted);
+      // The registration's lifetime counts from its latest subscription expiry (lifetimes.ts).
+      op.max(keys.clientActiveUntil(clientId), BigInt(Math.max(0, Math.ceil(exp))));
       return fresh;
     });
     return (await write).flat();
