@@ -201,10 +201,11 @@ export function createEncryptionPool(options: EncryptionPoolOptions = {}): Encry
     get workers() {
       return slots.filter((s) => s.ready).length;
     },
-    close() {
+    async close() {
       closed = true;
       stopAll();
-      return Promise.resolve();
+      // The pool owns the key pool it was given: its refill stops too.
+      await options.keyPool?.close();
     },
   };
 }

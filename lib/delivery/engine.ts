@@ -321,7 +321,7 @@ export class DeliveryEngine {
       this.abort.abort();
       await settled(timeoutMs - (performance.now() - started) - 200);
     }
-    for (const transport of Object.values(this.transports)) transport?.close?.();
+    await Promise.all(Object.values(this.transports).map((t) => t?.close?.()));
     await this.leases.release();
   }
 }

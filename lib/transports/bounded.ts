@@ -30,7 +30,7 @@ export interface BoundedTransport extends Transport {
   /** Sends waiting for a slot. */
   readonly queued: number;
   /** Closes the wrapped transport. */
-  close(): void;
+  close(): void | Promise<void>;
 }
 
 /** Wraps `transport` with a per-transport semaphore and a timeout on every send. */

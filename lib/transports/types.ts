@@ -90,7 +90,7 @@ export interface Transport {
    */
   send(target: Target, message: OutboundMessage, signal?: AbortSignal): Promise<DeliveryOutcome>;
   /** Releases what the transport holds (kept-alive connections); called at shutdown. */
-  close?(): void;
+  close?(): void | Promise<void>;
 }
 
 /** Maps a CC/CD 70025 priority to an RFC 8030 urgency: 0-24, 25-49, 50-74, 75-100. */

@@ -70,9 +70,12 @@ export interface WebPushTransportOptions {
   caCerts?: string[];
 }
 
-/** The Web Push transport; `close()` (or `using`) closes its kept-alive connections. */
+/**
+ * The Web Push transport; `close()` (or `using`) closes its kept-alive connections and stops
+ * the encryptor and key pool it was given (it owns them from then on).
+ */
 export interface WebPushTransport extends Transport, Disposable {
-  close(): void;
+  close(): Promise<void>;
 }
 
 /**
@@ -216,11 +219,12 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
         return { kind: "retry", reason: networkReason(err) };
       }
     },
-    close() {
+    async close() {
       client?.close();
+      await Promise.all([encryptor?.close(), keyPool?.close()]);
     },
     [Symbol.dispose]() {
-      this.close();
+      void this.close();
     },
   };
 }

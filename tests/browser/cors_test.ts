@@ -7,8 +7,8 @@
  */
 
 import assert from "node:assert/strict";
-import { chromiumPath, launchChromium } from "./browser/chromium.ts";
-import { harness } from "./_harness.ts";
+import { hasChromium, launch, type Page } from "./driver.ts";
+import { harness } from "../_harness.ts";
 
 /** The test page: it calls the relay named in its query and shows what happened. */
 const PAGE = `<!doctype html>
@@ -73,7 +73,7 @@ interface CallResult {
 Deno.test({
   name:
     "CORS in Chromium: a page on an allowed origin registers with fetch; a page on another origin is refused by the browser",
-  ignore: chromiumPath() === null,
+  ignore: !hasChromium(),
   async fn() {
     const allowedSite = servePage();
     const otherSite = servePage();
@@ -85,12 +85,17 @@ Deno.test({
       (req, info) => h.relay.app.fetch(req, info),
     );
     const relayUrl = `http://127.0.0.1:${relay.addr.port}`;
-    const browser = await launchChromium();
+    const pages: Page[] = [];
+    const open = async (url: string) => {
+      const page = await launch();
+      pages.push(page);
+      await page.goto(url);
+      return page;
+    };
     try {
-      assert.ok(browser);
       const regs = async () => (await h.dump()).filter((l) => l.startsWith('["reg",')).length;
 
-      const page = await browser.newPage(`${allowedOrigin}/?relay=${encodeURIComponent(relayUrl)}`);
+      const page = await open(`${allowedOrigin}/?relay=${encodeURIComponent(relayUrl)}`);
       const ok = await page.evaluate<Record<string, CallResult>>("window.run()");
       assert.equal(ok.register?.status, 201, JSON.stringify(ok));
       assert.match(String(ok.register?.body?.["client-id"]), /^[A-Za-z0-9_-]{22}$/);
@@ -105,7 +110,7 @@ Deno.test({
 
       const before = await h.dump();
       const seen = h.logger.lines.length;
-      const other = await browser.newPage(`${otherOrigin}/?relay=${encodeURIComponent(relayUrl)}`);
+      const other = await open(`${otherOrigin}/?relay=${encodeURIComponent(relayUrl)}`);
       const refused = await other.evaluate<Record<string, CallResult>>("window.run()");
       assert.match(
         refused.register?.error ?? "",
@@ -115,8 +120,8 @@ Deno.test({
       assert.match(refused.transports?.error ?? "", /TypeError: Failed to fetch/);
       assert.equal(refused.delete, undefined);
       await other.screenshot(`${dir}/cors-other-origin.png`);
-      const cors = other.messages.filter((m) => /CORS policy/.test(m.text));
-      assert.ok(cors.length >= 2, JSON.stringify(other.messages));
+      const cors = other.errors().filter((text) => /CORS policy/.test(text));
+      assert.ok(cors.length >= 2, JSON.stringify(other.errors()));
       // The browser sent only the preflight of the POST (and the simple GET, whose answer it
       // hid from the page): nothing was registered.
       const methods = h.logger.lines.slice(seen).filter((l) => l.event === "request")
@@ -124,7 +129,7 @@ Deno.test({
       assert.deepEqual(methods.sort(), ["GET /transports", "OPTIONS /registrations"]);
       assert.deepEqual(await h.dump(), before);
     } finally {
-      await browser?.close();
+      for (const page of pages) await page.close();
       await relay.shutdown();
       await allowedSite.shutdown();
       await otherSite.shutdown();
