@@ -10,38 +10,18 @@
 
 import assert from "node:assert/strict";
 import { parseDiscovery } from "../../dav/dav_push.ts";
+import { basic, icsEvent, installed, startRadicale } from "./dav_servers.ts";
 import { startWebPushTesting, type TestSubscription } from "./web_push_testing.ts";
 
 const ROOT = new URL("../../", import.meta.url);
 const POLL_SECONDS = 1;
 const RELAY_TOKEN = "bridge-e2e-token-0123456789abcdefghij";
 
-async function radicaleInstalled(): Promise<boolean> {
-  try {
-    const out = await new Deno.Command("radicale", {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .output();
-    return out.success;
-  } catch {
-    return false;
-  }
-}
-
-const hasRadicale = await radicaleInstalled();
+const hasRadicale = await installed("radicale");
 if (!hasRadicale) {
   console.warn(
     "radicale_e2e_test.ts: skipped, `radicale` is not installed (apt-get install -y radicale)",
   );
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 interface Proc {
@@ -98,99 +78,7 @@ async function spawnListening(name: string, args: string[], env: Record<string, 
   throw new Error(`${name} did not start listening within 15 s; output:\n${text}`);
 }
 
-async function startRadicale(dir: string) {
-  const port = freePort();
-  const config = `${dir}/config`;
-  await Deno.writeTextFile(
-    config,
-    [
-      "[server]",
-      `hosts = 127.0.0.1:${port}`,
-      "ssl = False",
-      "[auth]",
-      "type = none",
-      "[rights]",
-      "type = owner_only",
-      "[storage]",
-      `filesystem_folder = ${dir}/collections`,
-      // Radicale drops sync-token history older than this, comparing its clock with the files'
-      // mtimes. The suite also runs under faketime, where Radicale's clock is moved ahead but
-      // the kernel's mtimes are not: with the default (30 days) every token would look stale,
-      // Radicale would answer RFC 6578 "invalid token", and the bridge would (rightly) push to
-      // everyone. Ten years keeps the token valid under any shift the suite uses.
-      "max_sync_token_age = 315360000",
-      "[web]",
-      "type = none",
-      "[logging]",
-      "level = warning",
-      "",
-    ].join("\n"),
-  );
-  // -C replaces the Debian default /etc/radicale/config (remote_user auth, TLS paths).
-  const child = new Deno.Command("radicale", {
-    args: ["-C", config],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let stderr = "";
-  const drained = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
-    new WritableStream({
-      write(c) {
-        stderr = (stderr + c).slice(-8000);
-      },
-    }),
-  ).catch(() => {});
-  const origin = `http://127.0.0.1:${port}`;
-  const stop = async () => {
-    try {
-      child.kill("SIGTERM");
-    } catch {
-      // already gone
-    }
-    await child.status;
-    await drained;
-  };
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    try {
-      const res = await fetch(`${origin}/`, { method: "OPTIONS" });
-      await res.body?.cancel();
-      break;
-    } catch {
-      if (Date.now() > deadline) {
-        await stop();
-        throw new Error(`Radicale did not start within 10 s: ${stderr}`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  return { origin, stop };
-}
-
-const ALICE = `Basic ${btoa("alice:alice-password")}`;
-
-/** RFC 5545 §3.3.5 UTC date-time, from the real clock the processes run on. */
-function icalTime(ms: number): string {
-  return new Date(ms).toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
-}
-
-function event(uid: string, summary: string): string {
-  const now = Date.now();
-  return [
-    "BEGIN:VCALENDAR",
-    "VERSION:2.0",
-    "PRODID:-//dav-push-relay//e2e//EN",
-    "BEGIN:VEVENT",
-    `UID:${uid}`,
-    `DTSTAMP:${icalTime(now)}`,
-    `DTSTART:${icalTime(now + 7 * 86400_000)}`,
-    `DTEND:${icalTime(now + 7 * 86400_000 + 3600_000)}`,
-    `SUMMARY:${summary}`,
-    "END:VEVENT",
-    "END:VCALENDAR",
-    "",
-  ].join("\r\n");
-}
+const ALICE = basic("alice", "alice-password");
 
 async function updates(
   push: Awaited<ReturnType<typeof startWebPushTesting>>,
@@ -214,11 +102,10 @@ Deno.test({
     "bridge end to end with Radicale: a CalDAV PUT wakes the subscribed client within the poll interval; a PUT with its Push-Client-Id through the bridge does not",
   ignore: !hasRadicale,
   async fn() {
-    const dir = await Deno.makeTempDir({ prefix: "radicale-e2e-" });
     const cleanup: (() => Promise<void>)[] = [];
     try {
       // 1. Radicale with one calendar, created with MKCALENDAR (RFC 4791 §5.3.1).
-      const radicale = await startRadicale(dir);
+      const radicale = await startRadicale({ alice: "alice-password" });
       cleanup.push(radicale.stop);
       const calendar = `${radicale.origin}/alice/calendar/`;
       const mk = await fetch(calendar, { method: "MKCALENDAR", headers: { authorization: ALICE } });
@@ -299,7 +186,7 @@ Deno.test({
       const put = await fetch(`${calendar}first.ics`, {
         method: "PUT",
         headers: { authorization: ALICE, "content-type": "text/calendar; charset=utf-8" },
-        body: event("first", "Created in Radicale"),
+        body: icsEvent("first", "Created in Radicale"),
       });
       assert.equal(put.status, 201);
       await put.body?.cancel();
@@ -328,7 +215,7 @@ Deno.test({
           "content-type": "text/calendar; charset=utf-8",
           "push-client-id": writer.clientId,
         },
-        body: event("second", "Created through the bridge"),
+        body: icsEvent("second", "Created through the bridge"),
       });
       assert.equal(own.status, 201);
       await own.body?.cancel();
@@ -346,7 +233,6 @@ Deno.test({
       assert.doesNotMatch(bridge.output(), /alice-password|YWxpY2U6/);
     } finally {
       for (const stop of cleanup.reverse()) await stop().catch(() => {});
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   },
 });
