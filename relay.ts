@@ -13,6 +13,7 @@ import { Admin, checkAdminToken } from "./lib/admin.ts";
 import type { AppConfig, Config, UpstreamConfig } from "./lib/config.ts";
 import { createEphemeralKeyPool, fastestP256Backend } from "./lib/crypto/ece.ts";
 import { createEncryptionPool } from "./lib/crypto/ece_pool.ts";
+import { libcrypto } from "./lib/crypto/p256_ffi.ts";
 import { createVapid, generateVapidKeys, type VapidKeys } from "./lib/crypto/vapid.ts";
 import { DeliveryEngine, type DeliveryEngineOptions } from "./lib/delivery/engine.ts";
 import { decodeBase64Url, encodeBase64Url, randomBytes, randomToken } from "./lib/encoding.ts";
@@ -111,12 +112,17 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
   const infos: TransportInfo[] = [];
   const uri = (id: TransportId) => `${config.publicUrl}/transports/${id}`;
 
-  // P-256 runs on node:crypto or Web Crypto, whichever costs less CPU in this runtime, measured
-  // once now (while nothing else runs) rather than during the first fan-out (README
-  // "Benchmarks").
+  // P-256 runs on OpenSSL's libcrypto through FFI where it loads and passes its self-test, else
+  // on node:crypto or Web Crypto, whichever costs less CPU in this runtime, measured once now
+  // (while nothing else runs) rather than during the first fan-out (README "Benchmarks").
   const p256 = await fastestP256Backend();
-  logger.log("info", "crypto", { p256 });
-  const keyPool = createEphemeralKeyPool({ p256 });
+  const ffi = libcrypto();
+  logger.log("info", "crypto", {
+    p256,
+    ...(ffi.ok ? { libcrypto: ffi.lib.version } : { ffi: ffi.reason }),
+  });
+  // libcrypto's key pairs are made when needed (synchronous and cheap): no pool ahead.
+  const keyPool = p256 === "ffi" ? undefined : createEphemeralKeyPool({ p256 });
   const vapidSigner = await createVapid({ ...vapid, subject: config.vapidSubject, now });
   transports["web-push"] = bounded(
     createWebPushTransport({
@@ -124,8 +130,14 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
       now,
       ...(webPushFetch ? { fetch: webPushFetch } : {}),
       // A fan-out encrypts in workers so that every core works (BENCHMARKS.md), at most
-      // RELAY_ENCRYPTION_WORKERS of them (0: in this isolate only; each costs tens of MiB).
-      encryptor: createEncryptionPool({ keyPool, p256, maxWorkers: config.encryptionWorkers }),
+      // RELAY_ENCRYPTION_WORKERS of them (0: in this isolate only; each costs tens of MiB). On
+      // libcrypto only large fan-outs do: a single message costs about as much to hand over.
+      encryptor: createEncryptionPool({
+        ...(keyPool ? { keyPool } : {}),
+        p256,
+        maxWorkers: config.encryptionWorkers,
+        bulkOnly: p256 === "ffi",
+      }),
       // The endpoint policy at every connection, not only at registration.
       endpointPolicy: {
         allowPrivate: config.allowPrivateEndpoints,

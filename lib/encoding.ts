@@ -60,6 +60,31 @@ export function decodeBase64Url(input: string): Uint8Array {
   return out;
 }
 
+/**
+ * Decodes unpadded base64url in one pass, without the tolerance of {@link decodeBase64Url};
+ * undefined for an empty string, a character outside the URL-safe alphabet, or an impossible
+ * length. For the send path, which decodes every subscriber's keys.
+ */
+export function decodeBase64UrlStrict(s: string): Uint8Array | undefined {
+  if (s.length === 0 || s.length % 4 === 1) return undefined;
+  const out = new Uint8Array(Math.floor((s.length * 3) / 4));
+  let buffer = 0;
+  let bits = 0;
+  let o = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    const v = c < 128 ? LOOKUP[c]! : -1;
+    if (v < 0) return undefined;
+    buffer = ((buffer << 6) | v) & 0xffffff;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (buffer >> bits) & 0xff;
+    }
+  }
+  return out;
+}
+
 /** Returns true when `s` is non-empty and uses only the base64url alphabet. */
 export function isBase64Url(s: string): boolean {
   return /^[A-Za-z0-9_-]+$/.test(s);

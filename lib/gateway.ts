@@ -10,7 +10,7 @@ import type { Config } from "./config.ts";
 import type { DeliveryEngine } from "./delivery/engine.ts";
 import { RelayError } from "./errors.ts";
 import type { Logger } from "./log.ts";
-import type { PushMessage, ViaHop } from "./model.ts";
+import type { PushMessage, Subscriber, ViaHop } from "./model.ts";
 import type { Sealer } from "./seal.ts";
 import type { Store } from "./store/mod.ts";
 import { type Clock, formatRfc3339 } from "./time.ts";
@@ -232,19 +232,25 @@ export class Gateway {
     const now = this.o.now();
     const topics = [...new Set(messages.map((m) => m.topic))];
     const active = new Set<string>();
+    // A small topic's look-up lists its subscribers: its fan-out starts from that list.
+    const listed = new Map<string, readonly Subscriber[]>();
     const CONCURRENCY = 16;
     for (let i = 0; i < topics.length; i += CONCURRENCY) {
       const chunk = topics.slice(i, i + CONCURRENCY);
       const found = await Promise.all(
-        chunk.map((t) => this.o.store.subscriptions.hasActiveSubscriber(app, t, now)),
+        chunk.map((t) => this.o.store.subscriptions.lookUp(app, t, now)),
       );
-      chunk.forEach((t, j) => found[j] && active.add(t));
+      chunk.forEach((t, j) => {
+        if (!found[j]!.active) return;
+        active.add(t);
+        if (found[j]!.subscribers) listed.set(t, found[j]!.subscribers!);
+      });
     }
     // CC/CD 70025 §4.2: topics the topic-to-gateway map routes upstream go there (as well).
     const relayed = upstream ? await upstream.relayed(app, topics, now) : new Set<string>();
     const upward = messages.filter((m) => relayed.has(m.topic));
     await Promise.all([
-      this.o.engine.accept(app, messages.filter((m) => active.has(m.topic))),
+      this.o.engine.accept(app, messages.filter((m) => active.has(m.topic)), { listed }),
       this.o.engine.relay(app, upward, {
         via: ctx.via ?? [],
         // Those also delivered here are counted as received once, by the local accept.

@@ -13,6 +13,28 @@ function labelKey(labels: Labels): string {
   return keys.map((k) => `${k}="${escapeLabel(labels[k]!)}"`).join(",");
 }
 
+/** Label sets remembered per metric at most (a metric has a few dozen). */
+const MAX_CACHED_KEYS = 1000;
+
+/**
+ * {@link labelKey} remembered per label set as given (names and values in their order): a
+ * delivery counts under one of a few label sets, so the sorting and escaping are done once.
+ */
+class LabelKeys {
+  private readonly known = new Map<string, string>();
+  of(labels: Labels): string {
+    let raw = "";
+    // Length-prefixed, so no two label sets give one string.
+    for (const k in labels) raw += `${k.length}:${k}${labels[k]!.length}:${labels[k]}`;
+    let key = this.known.get(raw);
+    if (key === undefined) {
+      key = labelKey(labels);
+      if (this.known.size < MAX_CACHED_KEYS) this.known.set(raw, key);
+    }
+    return key;
+  }
+}
+
 /** Prometheus text format: a label value escapes `\`, `"` and newlines. */
 function escapeLabel(v: string): string {
   return v.replaceAll("\\", "\\\\").replaceAll("\n", "\\n").replaceAll('"', '\\"');
@@ -46,9 +68,10 @@ function renderSeries(name: string, values: Map<string, number>): string[] {
 export class Counter implements Metric {
   readonly type = "counter" as const;
   private values = new Map<string, number>();
+  private readonly keys = new LabelKeys();
   constructor(readonly name: string, readonly help: string) {}
   inc(labels: Labels = {}, by = 1): void {
-    const k = labelKey(labels);
+    const k = this.keys.of(labels);
     this.values.set(k, (this.values.get(k) ?? 0) + by);
   }
   /** Makes a series exist at 0, so that `rate()` sees it before its first increment. */
@@ -57,7 +80,7 @@ export class Counter implements Metric {
     if (!this.values.has(k)) this.values.set(k, 0);
   }
   get(labels: Labels = {}): number {
-    return this.values.get(labelKey(labels)) ?? 0;
+    return this.values.get(this.keys.of(labels)) ?? 0;
   }
   render(): string[] {
     return renderSeries(this.name, this.values);
@@ -80,9 +103,10 @@ export class Gauge implements Metric {
 export class Histogram implements Metric {
   readonly type = "histogram" as const;
   private series = new Map<string, { counts: number[]; sum: number; count: number }>();
+  private readonly keys = new LabelKeys();
   constructor(readonly name: string, readonly help: string, readonly buckets: number[]) {}
   observe(value: number, labels: Labels = {}): void {
-    const k = labelKey(labels);
+    const k = this.keys.of(labels);
     let s = this.series.get(k);
     if (!s) {
       s = { counts: this.buckets.map(() => 0), sum: 0, count: 0 };

@@ -15,6 +15,7 @@ import {
   validateSubscriptionKeys,
 } from "../lib/crypto/ece.ts";
 import { concat, decodeBase64Url, encodeBase64Url, fromUtf8 } from "../lib/encoding.ts";
+import { libcrypto } from "../lib/crypto/p256_ffi.ts";
 
 // RFC 8291 Appendix A ("Intermediate Values for Encryption").
 const RFC8291 = {
@@ -50,7 +51,10 @@ function decryptWithHttpEce(body: Uint8Array, ua: ReturnType<typeof userAgent>):
   return fromUtf8(new Uint8Array(plaintext));
 }
 
-for (const backend of ["node", "webcrypto"] as const) {
+// libcrypto through FFI where it loads (tests run with every permission), and the fallbacks.
+const BACKENDS = [...(libcrypto().ok ? ["ffi" as const] : []), "node", "webcrypto"] as const;
+
+for (const backend of BACKENDS) {
   Deno.test(`RFC 8291 Appendix A: encryptWebPush() reproduces the example body byte for byte (P-256 on ${backend})`, async () => {
     const asKeyPair = await importEphemeralKeyPair(
       decodeBase64Url(RFC8291.asPublic),
@@ -63,7 +67,7 @@ for (const backend of ["node", "webcrypto"] as const) {
         uaPublic: decodeBase64Url(RFC8291.uaPublic),
         authSecret: decodeBase64Url(RFC8291.authSecret),
       },
-      { asKeyPair, salt: decodeBase64Url(RFC8291.salt) },
+      { asKeyPair, salt: decodeBase64Url(RFC8291.salt), p256: backend },
     );
     assert.equal(encodeBase64Url(body), RFC8291.body);
   });
@@ -127,9 +131,10 @@ Deno.test("importEphemeralKeyPair() refuses a public key that is not the private
   );
 });
 
-Deno.test("fastestP256Backend() picks one of the two implementations, once per isolate", async () => {
+Deno.test("fastestP256Backend() picks libcrypto where it loads, else one of the other two, once per isolate", async () => {
   const first = await fastestP256Backend();
-  assert.ok(first === "node" || first === "webcrypto");
+  assert.equal(first === "ffi", libcrypto().ok);
+  assert.ok(first === "ffi" || first === "node" || first === "webcrypto");
   assert.equal(await fastestP256Backend(), first);
   console.log(`P-256 on ${first} in Deno ${Deno.version.deno}`);
 });

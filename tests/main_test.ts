@@ -4,6 +4,7 @@
  */
 
 import assert from "node:assert/strict";
+import { libcrypto } from "../lib/crypto/p256_ffi.ts";
 import { startRelayProcess } from "./peers/relay_process.ts";
 
 Deno.test("With no environment the relay starts, prints the dev token once, and a restart keeps keys and token", async () => {
@@ -56,4 +57,33 @@ Deno.test("A bad RELAY_APPS stops the process at start with a message naming the
   assert.notEqual(out.code, 0);
   const stderr = new TextDecoder().decode(out.stderr);
   assert.match(stderr, /RELAY_APPS/);
+});
+
+/** The flags `deno task start` runs main.ts with (deno.json). */
+async function startTaskFlags(): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const words: string[] = config.tasks.start.split(" ");
+  return words.slice(2, words.indexOf("main.ts"));
+}
+
+Deno.test("Started as deno task start starts it, the relay encrypts on libcrypto; without the FFI permission it falls back without asking", async () => {
+  const flags = await startTaskFlags();
+  const crypto = async (denoArgs: string[]) => {
+    const relay = await startRelayProcess({ RELAY_KV_PATH: ":memory:" }, { denoArgs });
+    await relay.stop();
+    const line = relay.output().split("\n").find((l) => l.includes('"event":"crypto"'));
+    assert.ok(line, relay.output());
+    return JSON.parse(line);
+  };
+  const granted = await crypto(flags);
+  if (libcrypto().ok) {
+    assert.equal(granted.p256, "ffi");
+    assert.match(granted.libcrypto, /^3\.\d+\.\d+$/);
+  } else {
+    assert.equal(typeof granted.ffi, "string");
+  }
+  // stdin is not a terminal here, so a prompt would fail the start: it must not come to that.
+  const denied = await crypto(flags.filter((f) => !f.startsWith("--allow-ffi")));
+  assert.ok(denied.p256 === "node" || denied.p256 === "webcrypto", denied.p256);
+  assert.equal(denied.ffi, "the FFI permission is not granted for libcrypto");
 });

@@ -8,7 +8,9 @@
  * Workers are started only under load (`startAt` encryptions asked for within 20 ms) and stopped
  * after `idleMs` without work, so a quiet relay and a test sending one message never start
  * one. Until a worker is ready, and wherever `Worker` is missing or fails, messages are
- * encrypted inline: the pool never delays or loses a message for the workers' sake.
+ * encrypted inline: the pool never delays or loses a message for the workers' sake. With
+ * `bulkOnly` (P-256 on libcrypto, where a message costs about as much to hand to a worker as to
+ * encrypt), only messages of large fan-outs go to the workers.
  *
  * @module
  */
@@ -21,10 +23,16 @@ import {
   type P256Backend,
 } from "./ece.ts";
 
+/** What the pool may do with one message. */
+export interface EncryptOptions {
+  /** Part of a large fan-out: worth a worker even with `bulkOnly`. */
+  bulk?: boolean;
+}
+
 /** Encrypts Web Push messages; see {@link createEncryptionPool}. */
 export interface Encryptor {
   /** The RFC 8291 `aes128gcm` body for one message (same contract as `encryptWebPush`). */
-  encrypt(input: EncryptWebPushInput): Promise<Uint8Array>;
+  encrypt(input: EncryptWebPushInput, options?: EncryptOptions): Promise<Uint8Array>;
   /** Workers ready to take jobs. */
   readonly workers: number;
   /** Stops the workers; later calls encrypt inline. */
@@ -48,6 +56,12 @@ export interface EncryptionPoolOptions {
   idleMs?: number;
   /** Sender key pairs for inline encryption. */
   keyPool?: EphemeralKeyPool;
+  /**
+   * Only messages marked `bulk` go to workers (and count towards `startAt`); the others are
+   * encrypted inline. Measured with P-256 on libcrypto: a single message then costs the main
+   * isolate about as much to hand to a worker as to encrypt (README "Benchmarks"). @default false
+   */
+  bulkOnly?: boolean;
   /** The workers' P-256 implementation. @default the faster here (`fastestP256Backend`) */
   p256?: P256Backend;
 }
@@ -99,10 +113,11 @@ export function createEncryptionPool(options: EncryptionPoolOptions = {}): Encry
     return burst >= startAt || inline + 1 >= startAt;
   };
 
+  const inlineOptions = keyPool ? { keyPool } : options.p256 ? { p256: options.p256 } : {};
   const encryptInline = async (input: EncryptWebPushInput): Promise<Uint8Array> => {
     inline++;
     try {
-      return await encryptWebPush(input, keyPool ? { keyPool } : {});
+      return await encryptWebPush(input, inlineOptions);
     } finally {
       inline--;
     }
@@ -166,8 +181,8 @@ export function createEncryptionPool(options: EncryptionPoolOptions = {}): Encry
   }
 
   return {
-    encrypt(input) {
-      if (closed || broken) return encryptInline(input);
+    encrypt(input, how = {}) {
+      if (closed || broken || (options.bulkOnly && !how.bulk)) return encryptInline(input);
       let best: Slot | undefined;
       for (const s of slots) {
         if (s.ready && (!best || s.pending.size < best.pending.size)) best = s;

@@ -1,10 +1,11 @@
 /**
  * Module worker behind {@link ./ece_pool.ts}: encrypts Web Push messages (RFC 8291) off the
- * main thread, with its own pool of fresh sender key pairs. Waits for `{p256}` (the P-256
- * implementation the main isolate measured as the faster, see `fastestP256Backend`), posts
- * `{ready: true}`, then answers each job `{id, plaintext, p256dh, auth}` with `{id, body}` (the
- * body's buffer is transferred) or `{id, error}`. Holds no key material beyond one message at
- * a time.
+ * main thread. Waits for `{p256}` (the P-256 implementation the main isolate chose, see
+ * `fastestP256Backend`), posts `{ready: true}`, then answers each job `{id, plaintext, p256dh,
+ * auth}` with `{id, body}` (the body's buffer is transferred) or `{id, error}`. On libcrypto it
+ * loads and checks the library itself and makes each key pair when it needs it (synchronous and
+ * cheap there); on the other implementations it keeps a small pool of fresh sender key pairs.
+ * Holds no key material beyond one message at a time.
  *
  * @module
  */
@@ -14,9 +15,11 @@
 import {
   createEphemeralKeyPool,
   encryptWebPush,
-  type EphemeralKeyPool,
+  type EncryptWebPushOptions,
+  fastestP256Backend,
   type P256Backend,
 } from "./ece.ts";
+import { libcrypto } from "./p256_ffi.ts";
 
 interface Job {
   id: number;
@@ -25,11 +28,17 @@ interface Job {
   auth: Uint8Array;
 }
 
-let keyPool: EphemeralKeyPool | undefined;
+let how: EncryptWebPushOptions | undefined;
+
+/** The main isolate's choice, unless libcrypto does not load here (then this isolate's own). */
+async function backendHere(asked: P256Backend): Promise<P256Backend> {
+  return asked === "ffi" && !libcrypto().ok ? await fastestP256Backend() : asked;
+}
 
 self.onmessage = async (e: MessageEvent<Job | { p256: P256Backend }>) => {
   if ("p256" in e.data) {
-    keyPool ??= createEphemeralKeyPool({ size: 16, p256: e.data.p256 });
+    const p256 = await backendHere(e.data.p256);
+    how ??= p256 === "ffi" ? { p256 } : { keyPool: createEphemeralKeyPool({ size: 16, p256 }) };
     self.postMessage({ ready: true });
     return;
   }
@@ -37,7 +46,7 @@ self.onmessage = async (e: MessageEvent<Job | { p256: P256Backend }>) => {
   try {
     const body = await encryptWebPush(
       { plaintext, uaPublic: p256dh, authSecret: auth },
-      keyPool ? { keyPool } : {},
+      how ?? {},
     );
     self.postMessage({ id, body }, [body.buffer as ArrayBuffer]);
   } catch (err) {

@@ -14,6 +14,8 @@ export interface EphemeralKeyPool {
   fill(): Promise<void>;
   /** Key pairs ready right now. */
   readonly available: number;
+  /** The P-256 implementation its key pairs come from (undefined: the fastest here). */
+  readonly p256?: P256Backend | undefined;
   /** Stops refilling and waits for work in flight; `take()` still works afterwards. */
   close(): Promise<void>;
 }
@@ -45,7 +47,7 @@ export function createEphemeralKeyPool(options: EphemeralKeyPoolOptions = {}): E
   async function refillLoop(): Promise<void> {
     while (!closed && ready.length < size) {
       const pair = await generateEphemeralKeyPair(options.p256);
-      if (closed) return;
+      if (closed) return pair.dispose?.();
       ready.push(pair);
       if (ready.length < size) await yieldToEventLoop();
     }
@@ -72,10 +74,13 @@ export function createEphemeralKeyPool(options: EphemeralKeyPoolOptions = {}): E
     get available() {
       return ready.length;
     },
+    get p256() {
+      return options.p256;
+    },
     async close() {
       closed = true;
       await refilling?.catch(() => {});
-      ready.length = 0;
+      for (const pair of ready.splice(0)) pair.dispose?.();
     },
   };
 }

@@ -1,10 +1,12 @@
 /**
  * P-256 for RFC 8291 (Web Push message encryption): fresh sender key pairs and the ECDH with a
- * subscriber's key, on whichever of two implementations (`node:crypto`'s key objects, or Web
- * Crypto) costs less CPU in this runtime, measured once per isolate ({@link fastestP256Backend});
- * which one wins differs between Deno versions (README "Benchmarks" has the figures). Web
- * Crypto's `raw` export of a public key computes the point again, so the point is read from the
- * PKCS#8 export, which carries it ({@link pkcs8PublicPoint}). Also the SEC 1 on-curve check.
+ * subscriber's key, on the cheapest of three implementations ({@link fastestP256Backend}):
+ * OpenSSL's libcrypto through FFI wherever it loads and passes its self-test
+ * (lib/crypto/p256_ffi.ts), else whichever of `node:crypto`'s key objects and Web Crypto costs
+ * less CPU in this runtime, measured once per isolate; which of those two wins differs between
+ * Deno versions (README "Benchmarks" has the figures). Web Crypto's `raw` export of a public
+ * key computes the point again, so the point is read from the PKCS#8 export, which carries it
+ * ({@link pkcs8PublicPoint}). Also the SEC 1 on-curve check.
  *
  * @module
  */
@@ -19,18 +21,28 @@ import {
 } from "node:crypto";
 import process from "node:process";
 import { decodeBase64Url, encodeBase64Url, viewBytes as bytes } from "../encoding.ts";
+import { libcrypto, type LibcryptoStatus } from "./p256_ffi.ts";
 
 const ECDH_P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
 
-/** Which implementation runs the P-256 operations. */
-export type P256Backend = "node" | "webcrypto";
+/**
+ * Which implementation runs the P-256 operations: OpenSSL's libcrypto through FFI,
+ * `node:crypto`'s key objects, or Web Crypto.
+ */
+export type P256Backend = "ffi" | "node" | "webcrypto";
 
 /** A sender (application server) ECDH key pair, used for one message only. */
 export interface EphemeralKeyPair {
   /** The 65-byte uncompressed public point (`as_public`, RFC 8291 §3.1). */
-  publicKey: Uint8Array;
+  readonly publicKey: Uint8Array;
   /** RFC 8291 §3.3: the 32-byte ECDH shared secret with a subscriber's `p256dh` point. */
   agree(uaPublic: Uint8Array): Promise<Uint8Array>;
+  /** The same without waiting, where the implementation is synchronous (libcrypto, node). */
+  agreeSync?(uaPublic: Uint8Array): Uint8Array;
+  /** True when `agree` itself refuses a point off the curve (libcrypto). */
+  readonly checksPoint?: boolean;
+  /** Frees what a key pair that will not be used holds outside the JavaScript heap. */
+  dispose?(): void;
 }
 
 /** A P-256 public key as a JWK's coordinates (RFC 7518 §6.2.1: 32 bytes each). */
@@ -60,18 +72,26 @@ function pointOf(key: KeyObject): Uint8Array {
  * `node:crypto` key objects and `diffieHellman()`, which cost less than the `createECDH()` API
  * on Deno 2.9 and as much on 2.5.
  */
-function nodeAgree(privateKey: KeyObject): EphemeralKeyPair["agree"] {
-  // deno-lint-ignore require-await
-  return async (ua) =>
+function nodeAgree(privateKey: KeyObject): Pick<EphemeralKeyPair, "agree" | "agreeSync"> {
+  const agreeSync = (ua: Uint8Array) =>
     bytes(diffieHellman({
       privateKey,
       publicKey: createPublicKey({ key: pointJwk(ua), format: "jwk" }),
     }));
+  // deno-lint-ignore require-await
+  return { agreeSync, agree: async (ua) => agreeSync(ua) };
 }
 
 function nodeKeyPair(): EphemeralKeyPair {
   const pair = generateKeyPairSync("ec", { namedCurve: "P-256" });
-  return { publicKey: pointOf(pair.publicKey), agree: nodeAgree(pair.privateKey) };
+  return { publicKey: pointOf(pair.publicKey), ...nodeAgree(pair.privateKey) };
+}
+
+/** The loaded libcrypto, or an error saying why there is none. */
+function ffi() {
+  const status = libcrypto();
+  if (!status.ok) throw new Error(`Cannot use P-256 on libcrypto: ${status.reason}`);
+  return status.lib;
 }
 
 function webCryptoAgree(privateKey: CryptoKey): EphemeralKeyPair["agree"] {
@@ -129,16 +149,27 @@ async function webCryptoKeyPair(): Promise<EphemeralKeyPair> {
   return { publicKey, agree: webCryptoAgree(pair.privateKey) };
 }
 
-/** Generates a fresh sender key pair (on `backend`, by default the faster one here). */
+/** Generates a fresh sender key pair (on `backend`, by default the fastest here). */
 export async function generateEphemeralKeyPair(
   backend?: P256Backend,
 ): Promise<EphemeralKeyPair> {
-  return (backend ?? await fastestP256Backend()) === "node"
-    ? nodeKeyPair()
-    : await webCryptoKeyPair();
+  const b = backend ?? await fastestP256Backend();
+  return ephemeralKeyPairNow(b) ?? await webCryptoKeyPair();
+}
+
+/** A fresh key pair without waiting, on the synchronous backends (libcrypto, node); else null. */
+export function ephemeralKeyPairNow(backend: P256Backend): EphemeralKeyPair | null {
+  if (backend === "ffi") return ffi().keyPair();
+  return backend === "node" ? nodeKeyPair() : null;
 }
 
 let fastest: Promise<P256Backend> | undefined;
+let chosen: P256Backend | undefined;
+
+/** The backend {@link fastestP256Backend} chose, once it has. */
+export function chosenP256Backend(): P256Backend | undefined {
+  return chosen;
+}
 
 /** CPU microseconds this process used so far (every thread: Web Crypto runs on a pool). */
 function cpuMicros(): number {
@@ -147,16 +178,28 @@ function cpuMicros(): number {
 }
 
 /**
- * The P-256 implementation that costs less CPU in this runtime, measured once per isolate and
- * remembered: a warm-up round on each, then nine alternating rounds of 8 key pairs and ECDHs
- * in flight on each, compared by the median ratio (single rounds of Web Crypto's thread-pool
- * work vary by tens of percent); it takes a fraction of a second. Which one wins depends on the
- * Deno version, not on the relay (README "Benchmarks"). Web Crypto when `node:crypto`'s ECDH
- * is missing or fails. Call it while the process is otherwise idle
- * (the relay does so as it starts).
+ * The P-256 implementation that costs the least CPU here, chosen once per isolate and
+ * remembered: libcrypto through FFI when it loads and passes its self-test (lib/crypto/p256_ffi.ts:
+ * several times cheaper than both others), else the cheaper of `node:crypto` and Web Crypto
+ * ({@link chooseP256Backend}). Call it while the process is otherwise idle (the relay does so as
+ * it starts).
  */
 export function fastestP256Backend(): Promise<P256Backend> {
-  fastest ??= (async (): Promise<P256Backend> => {
+  fastest ??= chooseP256Backend(libcrypto()).then((b) => (chosen = b));
+  return fastest;
+}
+
+/**
+ * "ffi" when `ffi` says libcrypto is usable; else the cheaper of `node:crypto` and Web Crypto,
+ * measured: a warm-up round on each, then nine alternating rounds of 8 key pairs and ECDHs in
+ * flight on each, compared by the median ratio (single rounds of Web Crypto's thread-pool work
+ * vary by tens of percent); it takes a fraction of a second. Which one wins depends on the Deno
+ * version, not on the relay (README "Benchmarks"). Web Crypto when `node:crypto`'s ECDH is
+ * missing or fails.
+ */
+export function chooseP256Backend(ffi: LibcryptoStatus): Promise<P256Backend> {
+  if (ffi.ok) return Promise.resolve("ffi");
+  return (async (): Promise<P256Backend> => {
     let peer: Uint8Array;
     try {
       peer = nodeKeyPair().publicKey;
@@ -187,7 +230,6 @@ export function fastestP256Backend(): Promise<P256Backend> {
     ratios.sort((a, b) => a - b);
     return ratios[4]! <= 1 ? "node" : "webcrypto";
   })();
-  return fastest;
 }
 
 /**
@@ -211,6 +253,7 @@ export async function importEphemeralKeyPair(
       `Cannot import ECDH key pair: private key must be 32 bytes, got ${privateKey.length}`,
     );
   }
+  if (backend === "ffi") return ffi().importKeyPair(publicKey, privateKey);
   if (backend === "node") {
     // The public point computed from `d`, so a mismatched pair is refused.
     const ecdh = createECDH("prime256v1");
@@ -224,7 +267,7 @@ export async function importEphemeralKeyPair(
       key: { ...pointJwk(publicKey), d: encodeBase64Url(privateKey) },
       format: "jwk",
     });
-    return { publicKey: publicKey.slice(), agree: nodeAgree(key) };
+    return { publicKey: publicKey.slice(), ...nodeAgree(key) };
   }
   const jwk: JsonWebKey = { ...pointJwk(publicKey), d: encodeBase64Url(privateKey) };
   const key = await crypto.subtle.importKey("jwk", jwk, ECDH_P256, false, ["deriveBits"]);

@@ -192,7 +192,7 @@ export async function createVapid(options: VapidOptions): Promise<Vapid> {
     authorization(endpoint) {
       let origin: string;
       try {
-        origin = new URL(endpoint).origin;
+        origin = (endpoint instanceof URL ? endpoint : new URL(endpoint)).origin;
       } catch {
         return Promise.reject(
           new TypeError("Cannot create VAPID header: endpoint is not an absolute URL"),

@@ -7,13 +7,18 @@
  * same-topic pushes no longer race each other's coalescing-window checks. Each request still
  * resolves only once its own messages are durable, and fails with the commit that carried
  * them. Merging requests is what one request with several messages already does: the
- * coalescing plan treats the messages of a topic in arrival order.
+ * coalescing plan treats the messages of a topic in arrival order. The record commits
+ * themselves go through `Kv.commitGrouped`, so they share KV commits with the ends of other
+ * fan-outs too.
+ *
+ * A push hands over what its look-up listed of a small topic's subscribers, and the fan-out
+ * starts from that list instead of reading it again.
  *
  * @module
  */
 
 import type { Metrics } from "../metrics.ts";
-import type { Entry, OutboxMessage, PushMessage } from "../model.ts";
+import type { Entry, OutboxMessage, PushMessage, Subscriber } from "../model.ts";
 import { keys, sizedBatches, type Store } from "../store/mod.ts";
 import type { OutboxWrite, WindowWrite } from "../store/outbox.ts";
 import { untilCommitted } from "../store/kv.ts";
@@ -63,17 +68,34 @@ export interface AccepterOptions {
   ttl: number;
   /** `RELAY_COALESCE_MS`; 0 records every message plainly. */
   coalesceMs: number;
-  /** Starts the fan-out of a message this process holds. */
-  fanOut: (entry: Entry<OutboxMessage>) => void;
+  /**
+   * Starts the fan-out of a message this process holds; `listed` is its topic's whole
+   * subscriber list as the push's look-up read it, when the topic is small.
+   */
+  fanOut: (entry: Entry<OutboxMessage>, listed?: readonly Subscriber[]) => void;
   /** Wakes the engine at `at` (a trailing update becomes due). */
   wakeAt: (at: number) => void;
 }
 
+/** Small topics' subscriber lists by topic, as a push's look-up read them. */
+export type Listed = ReadonlyMap<string, readonly Subscriber[]>;
+
 interface Pending {
   app: string;
   messages: PushMessage[];
+  listed: Listed | undefined;
   resolve: () => void;
   reject: (err: unknown) => void;
+}
+
+const NOTHING_LISTED: Listed = new Map();
+
+/** The lists of several requests: a later request's list of a topic is the later read. */
+function mergeListed(reqs: Pending[]): Listed {
+  if (reqs.length === 1) return reqs[0]!.listed ?? NOTHING_LISTED;
+  const out = new Map<string, readonly Subscriber[]>();
+  for (const r of reqs) for (const [t, list] of r.listed ?? []) out.set(t, list);
+  return out;
 }
 
 export class Accepter {
@@ -82,11 +104,14 @@ export class Accepter {
 
   constructor(private readonly o: AccepterOptions) {}
 
-  /** Records messages durably, then starts their fan-out. Resolves once they are durable. */
-  accept(app: string, messages: PushMessage[]): Promise<void> {
+  /**
+   * Records messages durably, then starts their fan-out. Resolves once they are durable.
+   * `listed`: small topics' subscriber lists, read after the request arrived.
+   */
+  accept(app: string, messages: PushMessage[], listed?: Listed): Promise<void> {
     if (messages.length === 0) return Promise.resolve();
     return new Promise<void>((resolve, reject) => {
-      this.queue.push({ app, messages, resolve, reject });
+      this.queue.push({ app, messages, listed, resolve, reject });
       if (!this.draining) void this.drain();
     });
   }
@@ -103,7 +128,7 @@ export class Accepter {
         }
         await Promise.all([...byApp].map(async ([app, reqs]) => {
           try {
-            await this.record(app, reqs.flatMap((r) => r.messages));
+            await this.record(app, reqs.flatMap((r) => r.messages), mergeListed(reqs));
             for (const r of reqs) r.resolve();
           } catch (err) {
             for (const r of reqs) r.reject(err);
@@ -126,9 +151,9 @@ export class Accepter {
     return this.queue.splice(0, take);
   }
 
-  private async record(app: string, messages: PushMessage[]): Promise<void> {
+  private async record(app: string, messages: PushMessage[], listed: Listed): Promise<void> {
     if (this.o.coalesceMs <= 0) {
-      await this.recordPlain(app, messages);
+      await this.recordPlain(app, messages, listed);
     } else {
       const byTopic = new Map<string, PushMessage[]>();
       for (const m of messages) {
@@ -140,7 +165,7 @@ export class Accepter {
         TRAILING_BYTES + byTopic.get(t)!.reduce((n, m) => n + recordBytes(m), 0);
       const topics = [...byTopic.keys()];
       for (const chunk of sizedBatches(topics, size, BYTES_PER_ATOMIC, TOPICS_PER_ATOMIC)) {
-        await this.recordCoalesced(app, chunk, byTopic);
+        await this.recordCoalesced(app, chunk, byTopic, listed);
       }
     }
     this.o.metrics.pushesReceived.inc({}, messages.length);
@@ -157,15 +182,16 @@ export class Accepter {
   }
 
   /** Records messages without coalescing. */
-  private async recordPlain(app: string, messages: PushMessage[]): Promise<void> {
+  private async recordPlain(app: string, messages: PushMessage[], listed: Listed): Promise<void> {
     const ctx = this.context();
-    await this.commitRecords(messages.map((m) => outboxRecord(app, m, ctx)), { extra: [] });
+    await this.commitRecords(messages.map((m) => outboxRecord(app, m, ctx)), { extra: [] }, listed);
   }
 
   private async recordCoalesced(
     app: string,
     topics: string[],
     byTopic: Map<string, PushMessage[]>,
+    listed: Listed,
   ): Promise<void> {
     await untilCommitted(async (attempt) => {
       if (attempt > 0) {
@@ -200,7 +226,8 @@ export class Accepter {
         windowWrites.push({ app, topic, value: plan.window, versionstamp: w.versionstamp });
         merged += plan.merged;
       }
-      if (!(await this.commitRecords(records, { extra, windows: windowWrites }))) return undefined;
+      const checked = { extra, windows: windowWrites };
+      if (!(await this.commitRecords(records, checked, listed))) return undefined;
       if (merged > 0) {
         this.o.metrics.deliveries.inc({ transport: "any", outcome: "coalesced" }, merged);
       }
@@ -208,7 +235,7 @@ export class Accepter {
       return true;
     }, async () => {
       // Hot contention on these windows: deliver every message rather than fail the push.
-      await this.recordPlain(app, topics.flatMap((t) => byTopic.get(t)!));
+      await this.recordPlain(app, topics.flatMap((t) => byTopic.get(t)!), listed);
       return true;
     }, COALESCE_ATTEMPTS);
   }
@@ -222,6 +249,7 @@ export class Accepter {
   private async commitRecords(
     records: OutboxMessage[],
     checked: { extra: OutboxWrite[]; windows?: WindowWrite[] },
+    listed: Listed,
   ): Promise<boolean> {
     const windows = checked.windows ?? [];
     let budget = BYTES_PER_ATOMIC - checked.extra.reduce((n, o) => n + sizeOf(o.value), 0) -
@@ -233,10 +261,10 @@ export class Accepter {
       if (n > budget) break;
       budget -= n;
     }
-    if (!(await this.commitRun(records.slice(0, i), checked.extra, windows))) return false;
+    if (!(await this.commitRun(records.slice(0, i), checked.extra, windows, listed))) return false;
     const rest = records.slice(i);
     for (const run of sizedBatches(rest, sizeOf, BYTES_PER_ATOMIC, RECORDS_PER_ATOMIC)) {
-      await this.commitRun(run, [], []);
+      await this.commitRun(run, [], [], listed);
     }
     return true;
   }
@@ -245,6 +273,7 @@ export class Accepter {
     records: OutboxMessage[],
     extra: OutboxWrite[],
     windows: WindowWrite[],
+    listed: Listed,
   ): Promise<boolean> {
     const { leases } = this.o;
     const mine = records.filter((r) => r.lease.owner === leases.owner);
@@ -266,7 +295,11 @@ export class Accepter {
       return false;
     }
     if (mine.length > 0) leases.beaten(beat);
-    for (const r of mine) this.o.fanOut({ key: keys.outbox(r.id), value: r, versionstamp });
+    for (const r of mine) {
+      // A record for some openers only (`only`) reads those; the others start from the list.
+      const list = r.only === undefined ? listed.get(r.topic) : undefined;
+      this.o.fanOut({ key: keys.outbox(r.id), value: r, versionstamp }, list);
+    }
     return true;
   }
 }

@@ -20,12 +20,19 @@ import { randomToken } from "../encoding.ts";
 import { describeError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
-import type { Entry, OutboxMessage, PushMessage, QueuedDelivery, StoredPayload } from "../model.ts";
+import type {
+  Entry,
+  OutboxMessage,
+  PushMessage,
+  QueuedDelivery,
+  StoredPayload,
+  Subscriber,
+} from "../model.ts";
 import type { Sealer } from "../seal.ts";
 import type { Store } from "../store/mod.ts";
 import type { Clock } from "../time.ts";
 import type { Transport, TransportId } from "../transports/types.ts";
-import { Accepter } from "./accept.ts";
+import { Accepter, type Listed } from "./accept.ts";
 import { type BreakerPolicy, Breakers, DEFAULT_BREAKER } from "./breaker.ts";
 import { FanOut } from "./fan_out.ts";
 import { Leases } from "./leases.ts";
@@ -152,7 +159,7 @@ export class DeliveryEngine {
       random,
       ttl: o.ttl,
       coalesceMs: o.coalesceMs,
-      fanOut: (entry) => void this.fanOut(entry),
+      fanOut: (entry, listed) => void this.fanOut(entry, listed),
       wakeAt: (at) => this.scheduleAt(at),
     });
     this.upstream = new UpstreamDeliveries({
@@ -198,9 +205,11 @@ export class DeliveryEngine {
   /**
    * Records messages durably in the outbox, then starts their fan-out at once without waiting
    * for it. Resolves when the record is durable; throws (and the push fails) otherwise.
+   * `listed`: small topics' whole subscriber lists, read after the push arrived (its look-up),
+   * where each fan-out starts.
    */
-  accept(app: string, messages: PushMessage[]): Promise<void> {
-    return this.accepter.accept(app, messages);
+  accept(app: string, messages: PushMessage[], options: { listed?: Listed } = {}): Promise<void> {
+    return this.accepter.accept(app, messages, options.listed);
   }
 
   /**
@@ -242,8 +251,8 @@ export class DeliveryEngine {
     );
   }
 
-  private fanOut(entry: Entry<OutboxMessage>): Promise<void> {
-    const fanOut = new FanOut(this.fanOutOptions, entry);
+  private fanOut(entry: Entry<OutboxMessage>, listed?: readonly Subscriber[]): Promise<void> {
+    const fanOut = new FanOut(this.fanOutOptions, entry, listed);
     return this.holdWhile(`o:${entry.value.id}`, () => fanOut.run(), "fanout.error", {
       message: entry.value.id,
     });

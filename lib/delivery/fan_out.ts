@@ -2,11 +2,13 @@
  * The fan-out of one outbox message to its topic's subscribers (README "Delivery guarantees").
  *
  * It walks the subscribers in key order, reading the next page while the current one is sent,
- * with `sendConcurrency` sends in flight. Progress is committed in order (the cursor only
- * passes subscribers whose send finished) with their retries and dead letters, every
- * `commitEvery` finished subscribers or 250 ms, in an atomic checked against the versionstamp
- * of its own last write: a process that lost its lease fails that check and stops. It ends by
- * deleting the message, or by giving the rest back when it stops early.
+ * with `sendConcurrency` sends in flight; a push's fan-out to a small topic starts from the
+ * list the push's look-up read. Progress is committed in order (the cursor only passes
+ * subscribers whose send finished) with their retries and dead letters, every `commitEvery`
+ * finished subscribers, and also every 250 ms until every subscriber is listed (the final
+ * commit follows soon then), in an atomic checked against the versionstamp of its own last
+ * write: a process that lost its lease fails that check and stops. It ends by deleting the
+ * message, or by giving the rest back when it stops early.
  *
  * One explicit state says how far it got; a worse state always wins (a lost lease over a
  * storage error over everything else).
@@ -31,7 +33,7 @@ import { Semaphore } from "../async/semaphore.ts";
 import type { Sealer } from "../seal.ts";
 import type { Store } from "../store/mod.ts";
 import type { Clock } from "../time.ts";
-import { urgencyFor } from "../transports/types.ts";
+import { type OutboundMessage, urgencyFor } from "../transports/types.ts";
 import { trailingFor } from "./coalesce.ts";
 import { newId } from "./ids.ts";
 import type { Leases } from "./leases.ts";
@@ -47,8 +49,16 @@ import type { Sender } from "./sender.ts";
 
 /** Subscribers whose results go into one cursor commit at most (≤ 1 write each). */
 const MAX_COMMIT = 250;
-/** A fan-out also commits its progress when this long passed since the last commit. */
+/**
+ * A fan-out still listing its subscribers also commits its progress when this long passed since
+ * the last commit.
+ */
 const COMMIT_INTERVAL_MS = 250;
+/**
+ * A fan-out to more than this many subscribers marks its messages `bulk`: Web Push may encrypt
+ * them in the encryption workers (lib/crypto/ece_pool.ts).
+ */
+const BULK_SUBSCRIBERS = 8;
 
 export interface FanOutOptions {
   store: Store;
@@ -91,6 +101,9 @@ interface SharedPayloads {
   text: StoredPayload;
 }
 
+/** One outbound message per payload object, shared by the subscribers that get it. */
+type SharedMessages = WeakMap<StoredPayload, OutboundMessage>;
+
 interface Item {
   clientId: string;
   done: boolean;
@@ -99,7 +112,7 @@ interface Item {
 }
 
 interface Page {
-  subscribers: Subscriber[];
+  subscribers: readonly Subscriber[];
   registrations: Map<string, Registration>;
   /** Whether there may be more after this page. */
   more: boolean;
@@ -120,8 +133,19 @@ export class FanOut {
   private readonly pending: Item[] = [];
   private chain: Promise<void> = Promise.resolve();
   private lastCommit = performance.now();
+  /** Whether its messages are `bulk` (decided by the first page). */
+  private bulk = false;
+  private readonly messages: SharedMessages = new WeakMap();
 
-  constructor(private readonly o: FanOutOptions, start: Entry<OutboxMessage>) {
+  /**
+   * `listed`: the topic's whole subscriber list, read after the push arrived (the push's
+   * look-up), for a fan-out that has not started yet; it is then its only page.
+   */
+  constructor(
+    private readonly o: FanOutOptions,
+    start: Entry<OutboxMessage>,
+    private listed?: readonly Subscriber[],
+  ) {
     this.entry = start;
     this.m = start.value;
   }
@@ -159,12 +183,16 @@ export class FanOut {
     );
     // Not awaited when the fan-out stops before its first page; its failure then concerns nobody.
     next.catch(() => {});
+    let first = true;
     pull: while (next && this.sending) {
       if (this.o.now() >= this.m.expiresAt) {
         this.settle("expired");
         break;
       }
       const page: Page = await next;
+      // The first page tells a small fan-out from a large one.
+      if (first) this.bulk = page.more || page.subscribers.length > BULK_SUBSCRIBERS;
+      first = false;
       const last = page.subscribers.at(-1)?.clientId ?? null;
       next = page.more
         ? this.readPage(last, Math.min(this.o.pageSize, 2 * page.subscribers.length))
@@ -224,7 +252,15 @@ export class FanOut {
 
   private async readPage(after: string | null, limit: number): Promise<Page> {
     const { store } = this.o;
-    let subscribers: Subscriber[];
+    let subscribers: readonly Subscriber[];
+    const listed = after === null && this.m.only === undefined ? this.listed : undefined;
+    this.listed = undefined;
+    if (listed) {
+      const registrations = listed.length > 0
+        ? await store.registrations.getMany(listed.map((s) => s.clientId))
+        : new Map<string, Registration>();
+      return { subscribers: listed, registrations, more: false };
+    }
     if (this.m.only !== undefined) {
       // A window's openers, at most a few: all of them on the first page.
       const ids = after === null ? clientIdList(this.m.only) : [];
@@ -278,14 +314,11 @@ export class FanOut {
     const payload: StoredPayload = payloadFormat(reg) === "webdav-push"
       ? shared.text
       : shared.json ?? { kind: "json", data: updatePayload({ topic: m.topic, ...fields }) };
-    const sent = await this.o.sender.send(reg, {
-      payload,
-      // A fan-out send is always its message's first attempt for this subscriber.
-      ttl: this.o.ttl,
-      urgency: urgencyFor(fields.priority),
-      priority: fields.priority,
-      collapseKey,
-    }, m.createdAt);
+    const sent = await this.o.sender.send(
+      reg,
+      this.outbound(payload, fields.priority, collapseKey),
+      m.createdAt,
+    );
     const follow = await this.o.sender.followUp(reg, sent, {
       payload,
       priority: fields.priority,
@@ -299,6 +332,31 @@ export class FanOut {
     });
     item.retry = follow.retry ?? null;
     item.dead = follow.dead ?? null;
+  }
+
+  /**
+   * The message for `payload`: one object per shared payload (a transport then prepares its
+   * request once per message), or a subscriber's own for its own payload.
+   */
+  private outbound(
+    payload: StoredPayload,
+    priority: number,
+    collapseKey: string,
+  ): OutboundMessage {
+    let message = this.messages.get(payload);
+    if (!message || message.priority !== priority) {
+      message = {
+        payload,
+        // A fan-out send is always its message's first attempt for this subscriber.
+        ttl: this.o.ttl,
+        urgency: urgencyFor(priority),
+        priority,
+        collapseKey,
+        ...(this.bulk ? { bulk: true } : {}),
+      };
+      this.messages.set(payload, message);
+    }
+    return message;
   }
 
   /** Commits the finished subscribers at the head of `pending`, one commit at a time. */
@@ -320,7 +378,10 @@ export class FanOut {
       const last = done && n === this.pending.length;
       if (n === 0 && !last && !touch) return;
       touch = false;
-      const due = performance.now() - this.lastCommit >= COMMIT_INTERVAL_MS;
+      // Once every subscriber is listed the final commit follows soon: no progress commits on
+      // the clock then, only every `commitEvery` (which bounds what a crash sends again).
+      const due = this.state === "sending" &&
+        performance.now() - this.lastCommit >= COMMIT_INTERVAL_MS;
       if (!force && n < this.o.commitEvery && !due) return;
       const batch = this.pending.slice(0, n);
       const beat = this.o.leases.heartbeat();

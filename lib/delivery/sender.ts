@@ -49,14 +49,32 @@ export interface SenderOptions {
   signal: AbortSignal;
 }
 
+/** A plain `scheme://host[:port]` start of an absolute http(s) URL (lower-case ASCII host). */
+const PLAIN_ORIGIN = /^(https?):\/\/([a-z0-9.-]+)(?::([1-9]\d{0,4}))?(?=[/?#]|$)/;
+
+/**
+ * The origin of a Web Push endpoint (RFC 6454), as `new URL(endpoint).origin` gives it, read
+ * straight off the string when it is plain (the usual case, once per send), parsed otherwise.
+ */
+export function endpointOrigin(endpoint: string): string | null {
+  const m = PLAIN_ORIGIN.exec(endpoint);
+  // Not when a label could be read as a number (an IPv4 address) or needs IDNA checks.
+  if (m && !m[2]!.split(".").some((l) => l === "" || /^(\d+|0x[\da-f]*|xn--.*)$/.test(l))) {
+    const port = m[3] === undefined || m[3] === (m[1] === "https" ? "443" : "80") ? "" : m[3];
+    if (port === "" || Number(port) <= 65535) return `${m[1]}://${m[2]}${port ? `:${port}` : ""}`;
+  }
+  try {
+    return new URL(endpoint).origin;
+  } catch {
+    return null;
+  }
+}
+
 /** The breaker key of a registration's push service: a Web Push origin, or the transport. */
 function serviceKey(reg: Registration): string {
   if (reg.target.transport !== "web-push") return reg.target.transport;
-  try {
-    return `web-push ${new URL(reg.target.endpoint).origin}`;
-  } catch {
-    return "web-push";
-  }
+  const origin = endpointOrigin(reg.target.endpoint);
+  return origin === null ? "web-push" : `web-push ${origin}`;
 }
 
 export class Sender {

@@ -6,12 +6,17 @@
  *
  * Also the KV limits (README "Architecture"): 10 keys per `getMany` (chunked here), and the
  * size-aware batches that keep one atomic within 1000 mutations, 100 checks and KV's key-size
- * budget; and {@linkcode untilCommitted}, the one loop for optimistic-concurrency retries.
+ * budget; {@linkcode untilCommitted}, the one loop for optimistic-concurrency retries; and group
+ * commit and grouped reads across callers (lib/store/kv_groups.ts): `commitGrouped` and
+ * `getManyGrouped`.
  *
  * @module
  */
 
 import { StorageError } from "../errors.ts";
+import { type CommitPart, type CommitResult, GroupCommit, ReadGroup } from "./kv_groups.ts";
+
+export { type CommitPart, type CommitResult } from "./kv_groups.ts";
 
 /**
  * The local SQLite backend answers "database is locked" (SQLITE_BUSY) when another process on
@@ -41,7 +46,39 @@ function storageError(what: string, err: unknown): StorageError {
 
 /** `Deno.Kv` with busy retries and `StorageError`s; see the module documentation. */
 export class Kv {
-  constructor(private readonly kv: Deno.Kv) {}
+  private readonly groups: GroupCommit;
+  private readonly reads: ReadGroup;
+
+  constructor(private readonly kv: Deno.Kv) {
+    this.groups = new GroupCommit({
+      atomic: () => this.kv.atomic(),
+      commit: (op) => this.commitWith(op),
+    });
+    this.reads = new ReadGroup((keys) => this.getMany(keys));
+  }
+
+  /**
+   * Commits `part` (its checks and mutations) in one atomic with the parts other callers hand
+   * in meanwhile, as if each were committed on its own in turn (lib/store/kv_groups.ts): one
+   * KV commit for many small writes. Resolves with the carrying commit's versionstamp, or
+   * `ok: false` when the part's own check failed. Each part must fit one atomic by itself.
+   */
+  commitGrouped(part: CommitPart): Promise<CommitResult> {
+    return this.groups.submit(part);
+  }
+
+  /** Groups committed so far and the parts they carried. */
+  get groupStats(): { groups: number; parts: number } {
+    return { ...this.groups.stats };
+  }
+
+  /**
+   * `getMany` for a few keys, read together with the other callers' that ask meanwhile
+   * (lib/store/kv_groups.ts). The entries are shared: do not change them.
+   */
+  getManyGrouped<T>(keys: readonly Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
+    return this.reads.read<T>(keys);
+  }
 
   private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
     for (let attempt = 0;; attempt++) {
@@ -90,7 +127,7 @@ export class Kv {
   }
 
   /** Commits `op`; its versionstamp, or null when a check failed. */
-  async commitWith(op: Deno.AtomicOperation): Promise<{ ok: boolean; versionstamp: string }> {
+  async commitWith(op: Deno.AtomicOperation): Promise<CommitResult> {
     const res = await this.call("commit", () => op.commit());
     return res.ok ? { ok: true, versionstamp: res.versionstamp } : { ok: false, versionstamp: "" };
   }

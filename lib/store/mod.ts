@@ -29,6 +29,7 @@ export {
   type StoredPushUrl,
 } from "./upstream.ts";
 export { type SweepResult } from "./lifetimes.ts";
+export { LISTED_TOPIC_MAX, type TopicLookUp } from "./active_reads.ts";
 export { INGRESS_GONE_MS, type RegistrationLife } from "./registrations.ts";
 export { isBusy, Kv, sizedBatches } from "./kv.ts";
 export { keys } from "./keys.ts";

@@ -18,8 +18,14 @@ import type {
 } from "../model.ts";
 import { keys } from "./keys.ts";
 import { GC_MARGIN_MS, type Kv } from "./kv.ts";
-import { writeDeadLetter, writeDelivery } from "./queue.ts";
-import { writeBeat } from "./workers.ts";
+import { deadLetterMutation, deliveryMutation } from "./queue.ts";
+import { beatMutation } from "./workers.ts";
+
+/**
+ * Retries and dead letters an advance may carry and still be committed with other callers'
+ * writes (`Kv.commitGrouped`); larger ones (the progress of big fan-outs) go alone.
+ */
+const GROUPED_FOLLOW_UPS = 8;
 
 /** An outbox record to write; `versionstamp` is checked when given (null: must not exist). */
 export interface OutboxWrite {
@@ -54,30 +60,36 @@ export class OutboxStore {
   constructor(private readonly kv: Kv) {}
 
   /**
-   * Records outbox messages and coalescing windows in one atomic, durable before a push is
-   * answered. `beat` refreshes the writer's heartbeat in the same atomic. Returns the commit's
-   * versionstamp, or null when a check failed (another process changed a window meanwhile).
+   * Records outbox messages and coalescing windows atomically, durable before a push is
+   * answered, in a group commit with other callers' writes (`Kv.commitGrouped`: new pushes and
+   * the ends of finished fan-outs share one KV commit). `beat` refreshes the writer's heartbeat
+   * in the same atomic. Returns the commit's versionstamp, or null when a check failed
+   * (another process changed a window meanwhile).
    */
   async record(write: {
     outbox: OutboxWrite[];
     windows?: WindowWrite[];
     beat?: Beat;
   }): Promise<string | null> {
-    const op = this.kv.atomic();
+    const checks: Deno.AtomicCheck[] = [];
+    const mutations: Deno.KvMutation[] = [];
     for (const o of write.outbox) {
       const key = keys.outbox(o.value.id);
-      if (o.versionstamp !== undefined) op.check({ key, versionstamp: o.versionstamp });
-      op.set(key, o.value);
+      if (o.versionstamp !== undefined) checks.push({ key, versionstamp: o.versionstamp });
+      mutations.push({ type: "set", key, value: o.value });
     }
     for (const w of write.windows ?? []) {
       const key = keys.window(w.app, w.topic);
-      op.check({ key, versionstamp: w.versionstamp });
-      op.set(key, w.value, {
+      checks.push({ key, versionstamp: w.versionstamp });
+      mutations.push({
+        type: "set",
+        key,
+        value: w.value,
         expireIn: Math.max(1, w.value.until - w.value.openedAt) + GC_MARGIN_MS,
       });
     }
-    if (write.beat) writeBeat(op, write.beat);
-    const res = await this.kv.commitWith(op);
+    if (write.beat) mutations.push(beatMutation(write.beat));
+    const res = await this.kv.commitGrouped({ checks, mutations });
     return res.ok ? res.versionstamp : null;
   }
 
@@ -109,17 +121,21 @@ export class OutboxStore {
    * the subscribers up to that cursor, in one atomic guarded by the versionstamp of the
    * holder's last write; `done` deletes the message instead. Returns null when another
    * process took the message over (then nothing is written). Callers keep each call within
-   * KV's limits (at most 250 deliveries and dead letters: 1000 mutations, 800 KiB).
+   * KV's limits (at most 250 deliveries and dead letters: 1000 mutations, 800 KiB). A small
+   * step (the end of a small fan-out, say) shares a group commit with other callers' writes.
    */
   async advance(entry: Entry<OutboxMessage>, step: Advance): Promise<Entry<OutboxMessage> | null> {
-    const op = this.kv.atomic().check(entry);
     const value = { ...entry.value, cursor: step.cursor, lease: step.lease };
-    if (step.done) op.delete(entry.key);
-    else op.set(entry.key, value);
-    if (step.beat) writeBeat(op, step.beat);
-    for (const d of step.deliveries ?? []) writeDelivery(op, d);
-    for (const d of step.dead ?? []) writeDeadLetter(op, d);
-    const res = await this.kv.commitWith(op);
+    const mutations: Deno.KvMutation[] = [
+      step.done ? { type: "delete", key: entry.key } : { type: "set", key: entry.key, value },
+    ];
+    if (step.beat) mutations.push(beatMutation(step.beat));
+    for (const d of step.deliveries ?? []) mutations.push(deliveryMutation(d));
+    for (const d of step.dead ?? []) mutations.push(deadLetterMutation(d));
+    const part = { checks: [{ key: entry.key, versionstamp: entry.versionstamp }], mutations };
+    const res = mutations.length <= 2 + GROUPED_FOLLOW_UPS
+      ? await this.kv.commitGrouped(part)
+      : await this.kv.commitWith(this.kv.atomic().check(...part.checks).mutate(...mutations));
     return res.ok ? { key: entry.key, value, versionstamp: res.versionstamp } : null;
   }
 

@@ -14,14 +14,24 @@ import { writeBeat } from "./workers.ts";
 /** How long dead letters are kept. */
 export const DEAD_RETENTION_MS = 7 * 24 * 3600_000;
 
+/** The write of a queued delivery. */
+export function deliveryMutation(d: QueuedDelivery): Deno.KvMutation {
+  return { type: "set", key: keys.delivery(d.dueAt, d.id), value: d };
+}
+
+/** The write of a dead letter. */
+export function deadLetterMutation(d: DeadLetter): Deno.KvMutation {
+  return { type: "set", key: keys.deadLetter(d.id), value: d, expireIn: DEAD_RETENTION_MS };
+}
+
 /** Adds the write of a queued delivery to an atomic. */
 export function writeDelivery(op: Deno.AtomicOperation, d: QueuedDelivery): void {
-  op.set(keys.delivery(d.dueAt, d.id), d);
+  op.mutate(deliveryMutation(d));
 }
 
 /** Adds the write of a dead letter to an atomic. */
 export function writeDeadLetter(op: Deno.AtomicOperation, d: DeadLetter): void {
-  op.set(keys.deadLetter(d.id), d, { expireIn: DEAD_RETENTION_MS });
+  op.mutate(deadLetterMutation(d));
 }
 
 /** What ends a claimed delivery: nothing more, its next attempt, or its dead letter. */

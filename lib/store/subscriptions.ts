@@ -16,7 +16,7 @@
 
 import { StorageError } from "../errors.ts";
 import type { Entry, Subscriber, SubscriptionValue, TransportId } from "../model.ts";
-import { ActiveReads } from "./active_reads.ts";
+import { ActiveReads, type TopicLookUp } from "./active_reads.ts";
 import { addToCounter, AppCountPlan, counterValue, readAppCounts } from "./app_counts.ts";
 import { keys } from "./keys.ts";
 import { GC_MARGIN_MS, type Kv, sizedBatches, untilCommitted, utf8Length } from "./kv.ts";
@@ -236,6 +236,14 @@ export class SubscriptionStore {
    */
   hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
     return this.activeReads.hasActiveSubscriber(app, topic, now);
+  }
+
+  /**
+   * {@link hasActiveSubscriber}, with the topic's whole subscriber list when it is small
+   * (active_reads.ts), for the push's fan-out.
+   */
+  lookUp(app: string, topic: string, now: number): Promise<TopicLookUp> {
+    return this.activeReads.lookUp(app, topic, now);
   }
 
   /** One page of a topic's subscribers in client-id order, after `after`. Includes expired ones. */

@@ -10,9 +10,14 @@ import type { Beat, Entry, Lease, WorkerBeat } from "../model.ts";
 import { keys } from "./keys.ts";
 import { GC_MARGIN_MS, type Kv } from "./kv.ts";
 
+/** The write of a heartbeat. */
+export function beatMutation(beat: Beat): Deno.KvMutation {
+  return { type: "set", key: keys.worker(beat.owner), value: beat.value, expireIn: GC_MARGIN_MS };
+}
+
 /** Adds the write of a heartbeat to an atomic. */
 export function writeBeat(op: Deno.AtomicOperation, beat: Beat): void {
-  op.set(keys.worker(beat.owner), beat.value, { expireIn: GC_MARGIN_MS });
+  op.mutate(beatMutation(beat));
 }
 
 export class WorkerStore {

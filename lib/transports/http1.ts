@@ -38,6 +38,7 @@
 
 import {
   Connection,
+  HeaderBlock,
   MAX_DRAIN_BYTES,
   NothingReceived,
   ProtocolMismatch,
@@ -56,6 +57,7 @@ export {
   EndpointRefused,
   ProtocolMismatch,
 } from "./http1_socket.ts";
+export { HeaderBlock } from "./http1_wire.ts";
 
 /** A push service's answer: the status and its headers. */
 export interface PostResponse {
@@ -64,10 +66,13 @@ export interface PostResponse {
   header(name: string): string | null;
 }
 
-/** One POST with a body, as the Web Push transport sends it. Throws on network errors. */
+/**
+ * One POST with a body, as the Web Push transport sends it (header fields as a record, or
+ * checked once for many requests). Throws on network errors.
+ */
 export type Post = (
   url: URL,
-  headers: Record<string, string>,
+  headers: Record<string, string> | HeaderBlock,
   body: Uint8Array,
   signal?: AbortSignal,
 ) => Promise<PostResponse>;
@@ -298,7 +303,7 @@ export function fetchPost(
     if (resolve) await checkEndpoint(url, resolve, signal);
     const response = await fetchFn(url, {
       method: "POST",
-      headers,
+      headers: headers instanceof HeaderBlock ? headers.fields : headers,
       body: body as BufferSource,
       ...(signal ? { signal } : {}),
       // A push service has no reason to redirect; following one could send the message

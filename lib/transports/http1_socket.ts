@@ -80,6 +80,17 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Pro
 
 const denoConnect: Connect = (address) => Deno.connect(address);
 
+/**
+ * Requests go out as soon as they are written: a request is one write, so Nagle's algorithm
+ * gains nothing, and it would hold back any request written in more than one piece.
+ */
+function noDelay(tcp: Deno.TcpConn): Deno.TcpConn {
+  try {
+    tcp.setNoDelay(true);
+  } catch { /* a socket that cannot: it still works */ }
+  return tcp;
+}
+
 /** Settles with `work`, or throws `signal`'s reason first; a late resource is then closed. */
 export function abortable<T extends { close(): void }>(
   work: Promise<T>,
@@ -127,19 +138,28 @@ export function socketOpener(
   options: { caCerts?: string[] | undefined; endpointPolicy?: ConnectionPolicy | undefined },
 ): SocketOpener {
   const { caCerts, endpointPolicy } = options;
+  /** TLS for the endpoint's host name (the certificate must name it), HTTP/1.1 only by ALPN. */
+  const tls = (tcp: Deno.TcpConn, hostname: string) =>
+    Deno.startTls(tcp, {
+      hostname,
+      alpnProtocols: ["http/1.1"],
+      ...(caCerts ? { caCerts } : {}),
+    });
   if (!endpointPolicy) {
-    return (url, hostname, port, signal) =>
-      abortable<Deno.Conn>(
-        url.protocol === "https:"
-          ? Deno.connectTls({
+    // `Deno.connectTls` (Deno Deploy allows no `Deno.connect` to port 443): its socket has no
+    // `setNoDelay`, which matters little while every request is one write.
+    return async (url, hostname, port, signal) =>
+      url.protocol === "https:"
+        ? await abortable<Deno.Conn>(
+          Deno.connectTls({
             hostname,
             port,
             alpnProtocols: ["http/1.1"],
             ...(caCerts ? { caCerts } : {}),
-          })
-          : Deno.connect({ hostname, port }),
-        signal,
-      );
+          }),
+          signal,
+        )
+        : noDelay(await abortable(Deno.connect({ hostname, port }), signal));
   }
   const policy = endpointPolicy;
   /** Host checks in progress: concurrent new connections to one host share one lookup. */
@@ -177,16 +197,9 @@ export function socketOpener(
   ): Promise<Deno.Conn> {
     // connectionRefusal admits https: only, so this is always TLS.
     const addresses = await untilAborted(allowedAddresses(url, lookup), signal);
-    const tcp = await abortable(dial(addresses, port, signal), signal);
-    // TLS for the endpoint's host name, not for the address: the certificate must name it.
-    return await abortable<Deno.Conn>(
-      Deno.startTls(tcp, {
-        hostname,
-        alpnProtocols: ["http/1.1"],
-        ...(caCerts ? { caCerts } : {}),
-      }),
-      signal,
-    );
+    const tcp = noDelay(await abortable(dial(addresses, port, signal), signal));
+    // TLS for the endpoint's host name, not for the address.
+    return await abortable<Deno.Conn>(tls(tcp, hostname), signal);
   }
 
   return openSocket;

@@ -223,22 +223,39 @@ function parseHead(
   return { version: Number(statusLine[1]), status: Number(statusLine[2]), headers };
 }
 
+/**
+ * Request header fields checked and written out once, for many requests: a fan-out sends the
+ * same fields (TTL, Urgency, Authorization of one origin...) to every subscriber.
+ *
+ * @throws {TypeError} for a name that is not a token (RFC 9110 §5.1) or one the client sets
+ * itself, and for a value that is not visible ASCII, space and tab
+ */
+export class HeaderBlock {
+  /** `name: value\r\n` for each field. */
+  readonly text: string;
+  constructor(readonly fields: Readonly<Record<string, string>>) {
+    let text = "";
+    for (const name in fields) {
+      const value = fields[name]!;
+      if (!TOKEN.test(name) || RESERVED.has(name.toLowerCase())) {
+        throw new TypeError(`header name not allowed: ${name}`);
+      }
+      if (!FIELD_VALUE.test(value)) throw new TypeError(`invalid value for header ${name}`);
+      text += `${name}: ${value}\r\n`;
+    }
+    this.text = text;
+  }
+}
+
 export function requestBytes(
   url: URL,
-  headers: Record<string, string>,
+  headers: Record<string, string> | HeaderBlock,
   body: Uint8Array,
 ): Uint8Array {
   if (url.username || url.password) throw new TypeError("URL must not contain credentials");
-  let head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n`;
-  for (const name in headers) {
-    const value = headers[name]!;
-    if (!TOKEN.test(name) || RESERVED.has(name.toLowerCase())) {
-      throw new TypeError(`header name not allowed: ${name}`);
-    }
-    if (!FIELD_VALUE.test(value)) throw new TypeError(`invalid value for header ${name}`);
-    head += `${name}: ${value}\r\n`;
-  }
-  head += `content-length: ${body.length}\r\n\r\n`;
+  const block = headers instanceof HeaderBlock ? headers : new HeaderBlock(headers);
+  const head = `POST ${url.pathname}${url.search} HTTP/1.1\r\nhost: ${url.host}\r\n${block.text}` +
+    `content-length: ${body.length}\r\n\r\n`;
   // Every character is ASCII (checked above; the URL parser percent-encodes the rest).
   const bytes = new Uint8Array(head.length + body.length);
   ascii.encodeInto(head, bytes);

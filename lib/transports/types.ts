@@ -64,6 +64,11 @@ export interface OutboundMessage {
    * `collapse_key`, the `apns-collapse-id`. Reveals nothing about the DAV topic.
    */
   collapseKey?: string;
+  /**
+   * Part of a large fan-out: Web Push may encrypt it in a worker (lib/crypto/ece_pool.ts). A
+   * message on its own is encrypted where it is sent.
+   */
+  bulk?: boolean;
 }
 
 /**

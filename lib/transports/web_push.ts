@@ -26,6 +26,7 @@ import {
   createHttp1Client,
   EndpointRefused,
   fetchPost,
+  HeaderBlock,
   type Post,
   ProtocolMismatch,
 } from "./http1.ts";
@@ -50,8 +51,8 @@ export interface WebPushTransportOptions {
   /** Pre-generated ECDH key pairs for encryption; generated per message when absent. */
   keyPool?: EphemeralKeyPool;
   /**
-   * Encrypts off the main thread (`createEncryptionPool`, lib/crypto/ece_pool.ts); messages
-   * are encrypted inline with `keyPool` when absent.
+   * Encrypts off the main thread (`createEncryptionPool`, lib/crypto/ece_pool.ts; a message's
+   * `bulk` is passed on); messages are encrypted inline with `keyPool` when absent.
    */
   encryptor?: Encryptor;
   /**
@@ -138,7 +139,7 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
     const input = { plaintext, uaPublic: keys.p256dh, authSecret: keys.auth };
     try {
       return await (encryptor
-        ? encryptor.encrypt(input)
+        ? encryptor.encrypt(input, { bulk: message.bulk === true })
         : encryptWebPush(input, keyPool ? { keyPool } : {}));
     } catch (err) {
       // Only our own size and shape messages reach here; they hold no key material.
@@ -147,6 +148,36 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
         ? { kind: "failed", reason: `invalid subscription keys: ${text}` }
         : { kind: "failed", reason: `cannot encrypt: ${text}` };
     }
+  }
+
+  /**
+   * The request's header fields, checked and written once per message and origin: a fan-out
+   * hands every subscriber the same message object, and an origin's VAPID header is cached.
+   */
+  const blocks = new WeakMap<OutboundMessage, Map<string, HeaderBlock>>();
+  function headerBlock(message: OutboundMessage, authorization: string): HeaderBlock {
+    let byOrigin = blocks.get(message);
+    if (!byOrigin) blocks.set(message, byOrigin = new Map());
+    let block = byOrigin.get(authorization);
+    if (!block) {
+      const fields: Record<string, string> = {
+        // RFC 8030 §5.2: TTL is required, in whole seconds.
+        "TTL": String(Math.max(0, Math.floor(message.ttl))),
+        "Urgency": message.urgency,
+        "Content-Encoding": "aes128gcm",
+        "Content-Type": "application/octet-stream",
+        "Authorization": authorization,
+      };
+      // An invalid Topic would make the push service refuse the whole message (RFC 8030
+      // §5.4); sending it without one only loses the replacement.
+      if (message.collapseKey !== undefined && isPushTopic(message.collapseKey)) {
+        fields["Topic"] = message.collapseKey;
+      }
+      block = new HeaderBlock(fields);
+      // A message reaches a few push services; the bound only guards against many.
+      if (byOrigin.size < 64) byOrigin.set(authorization, block);
+    }
+    return block;
   }
 
   return {
@@ -176,19 +207,7 @@ export function createWebPushTransport(options: WebPushTransportOptions): WebPus
         return { kind: "failed", reason: `cannot sign VAPID header: ${(err as Error).name}` };
       }
 
-      const headers: Record<string, string> = {
-        // RFC 8030 §5.2: TTL is required, in whole seconds.
-        "TTL": String(Math.max(0, Math.floor(message.ttl))),
-        "Urgency": message.urgency,
-        "Content-Encoding": "aes128gcm",
-        "Content-Type": "application/octet-stream",
-        "Authorization": authorization,
-      };
-      // An invalid Topic would make the push service refuse the whole message (RFC 8030 §5.4);
-      // sending it without one only loses the replacement.
-      if (message.collapseKey !== undefined && isPushTopic(message.collapseKey)) {
-        headers["Topic"] = message.collapseKey;
-      }
+      const headers = headerBlock(message, authorization);
 
       // The signal may have fired while we were encrypting. The time limit is the caller's
       // (bounded(), lib/transports/bounded.ts): it aborts `signal`.

@@ -17,11 +17,11 @@ export interface RelayProcess {
 
 export async function startRelayProcess(
   env: Record<string, string>,
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; denoArgs?: string[] } = {},
 ): Promise<RelayProcess> {
   const main = new URL("../../main.ts", import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", main],
+    args: ["run", ...(options.denoArgs ?? ["-A"]), main],
     env: { PORT: "0", NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
