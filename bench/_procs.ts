@@ -141,11 +141,12 @@ export interface RelayProc extends Proc {
 }
 
 /**
- * The flags `deno task start` runs `main.ts` with (deno.json), so the relay is measured the
- * way the README starts it: `deno run <flags> main.ts`.
+ * The flags `deno task start` runs `main.ts` with (deno.json of the checkout at `root`, by
+ * default this one), so the relay is measured the way the README starts it:
+ * `deno run <flags> main.ts`.
  */
-export async function startTaskFlags(): Promise<string[]> {
-  const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", ROOT)));
+export async function startTaskFlags(root: URL = ROOT): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("deno.json", root)));
   const words = String(config.tasks?.start ?? "").split(/\s+/).filter(Boolean);
   const run = words.indexOf("run");
   const main = words.indexOf("main.ts");
@@ -165,15 +166,20 @@ export function mergeV8Flags(args: string[]): string[] {
   return v8.length > 0 ? [...rest, `--v8-flags=${v8.join(",")}`] : rest;
 }
 
-/** Starts `main.ts` as its own process with `env` (on an ephemeral port), as `deno task start` does. */
+/**
+ * Starts `main.ts` as its own process with `env` (on an ephemeral port), as `deno task start`
+ * does; `root` is the checkout whose relay runs (another one for A/B runs, `--relay-root`).
+ */
 export async function startRelay(
   env: Record<string, string>,
   denoArgs: string[] = [],
+  root: URL = ROOT,
 ): Promise<RelayProc> {
-  const flags = mergeV8Flags([...await startTaskFlags(), ...denoArgs]);
+  const flags = mergeV8Flags([...await startTaskFlags(root), ...denoArgs]);
   const p = await spawnUntil(
     new Deno.Command(Deno.execPath(), {
-      args: ["run", ...flags, new URL("main.ts", ROOT).pathname],
+      args: ["run", ...flags, new URL("main.ts", root).pathname],
+      cwd: new URL(".", root).pathname,
       env: { PORT: "0", NO_COLOR: "1", DENO_CERT: `${CERT_DIR}ca.pem`, ...env },
       stdout: "piped",
       stderr: "piped",

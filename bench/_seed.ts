@@ -67,7 +67,7 @@ export async function seedSubscriptions(
   store: Store,
   app: string,
   topic: string,
-  clients: SeededClient[],
+  clients: readonly { clientId: string }[],
   exp: number,
   now: number,
 ): Promise<void> {
@@ -85,4 +85,63 @@ export async function kvFileBytes(path: string): Promise<number> {
     } catch { /* absent */ }
   }
   return total;
+}
+
+/**
+ * Seeds `n` new Web Push clients through the store's bulk operations (lib/store/bulk.ts: the
+ * keys and values registering each would write), `chunk` at a time with `parallel` chunks in
+ * flight; returns their client ids in order.
+ */
+export async function bulkClients(
+  store: Store,
+  n: number,
+  options: {
+    endpointBase: string;
+    keys: string[];
+    pathBytes?: number;
+    now: number;
+    chunk?: number;
+    parallel?: number;
+    progress?: (done: number) => void;
+  },
+): Promise<string[]> {
+  const chunk = options.chunk ?? 10_000;
+  const ids: string[] = new Array(n);
+  let done = 0;
+  await pool(Math.ceil(n / chunk), options.parallel ?? 4, async (c) => {
+    const from = c * chunk;
+    const to = Math.min(n, from + chunk);
+    const items = await Promise.all(Array.from({ length: to - from }, async (_, k) => {
+      const target: WebPushTarget = {
+        transport: "web-push",
+        endpoint: `${options.endpointBase}/${randomToken(options.pathBytes ?? 16)}`,
+        p256dh: options.keys[(from + k) % options.keys.length]!,
+        auth: encodeBase64Url(randomBytes(16)),
+      };
+      const reg: Registration = { clientId: randomToken(16), target, createdAt: options.now };
+      ids[from + k] = reg.clientId;
+      return { reg, targetHash: await targetHash(target) };
+    }));
+    await store.bulk.registrations(items);
+    done += items.length;
+    options.progress?.(done);
+  });
+  return ids;
+}
+
+/** Subscribes new clients to `topic` through the store's bulk operation, in chunks. */
+export async function bulkSubscriptions(
+  store: Store,
+  options: { app: string; topic: string; clientIds: string[]; exp: number; now: number },
+  parallel = 4,
+): Promise<void> {
+  const chunk = 10_000;
+  const { clientIds } = options;
+  await pool(Math.ceil(clientIds.length / chunk), parallel, async (c) => {
+    await store.bulk.subscriptions({
+      ...options,
+      clientIds: clientIds.slice(c * chunk, (c + 1) * chunk),
+      transport: "web-push",
+    });
+  });
 }

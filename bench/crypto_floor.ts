@@ -10,14 +10,15 @@
  * @module
  */
 
-import { createEphemeralKeyPool, encryptWebPush, type P256Backend } from "../lib/crypto/ece.ts";
+import type { P256Backend } from "../lib/crypto/ece.ts";
 import { concat, utf8 } from "../lib/encoding.ts";
 
 /**
  * What to time: `bare` is the floor (the textbook pipeline on Web Crypto, below); `relay` is the
- * relay's own `encryptWebPush` with its key pool and the given P-256 implementation.
+ * relay's own `encryptWebPush` (with its key pool, except on libcrypto) and the given P-256
+ * implementation, from `module` (another checkout's lib/crypto/ece.ts for A/B runs) or this one.
  */
-export type Pipeline = { kind: "bare" } | { kind: "relay"; p256: P256Backend };
+export type Pipeline = { kind: "bare" } | { kind: "relay"; p256: P256Backend; module?: string };
 
 const P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
 const KEY_INFO = utf8("WebPush: info\0");
@@ -120,14 +121,19 @@ export async function measureFloorHere(
     await rate(() => encryptBare(to, BENCH_PAYLOAD), inFlight, Math.min(300, ms)); // warm-up
     return await rate(() => encryptBare(to, BENCH_PAYLOAD), inFlight, ms);
   }
-  const keyPool = createEphemeralKeyPool({ size: 16, p256: pipeline.p256 });
+  const ece: typeof import("../lib/crypto/ece.ts") = await import(
+    pipeline.module ?? "../lib/crypto/ece.ts"
+  );
+  const p256 = pipeline.p256;
+  // As the relay runs it: libcrypto's key pairs are made when needed, the others come pooled.
+  const keyPool = p256 === "ffi" ? undefined : ece.createEphemeralKeyPool({ size: 16, p256 });
   try {
     const input = { plaintext: BENCH_PAYLOAD, uaPublic: to.p256dh, authSecret: to.auth };
-    const op = () => encryptWebPush(input, { keyPool });
+    const op = () => ece.encryptWebPush(input, keyPool ? { keyPool } : { p256 });
     await rate(op, inFlight, Math.min(300, ms));
     return await rate(op, inFlight, ms);
   } finally {
-    await keyPool.close();
+    await keyPool?.close();
   }
 }
 

@@ -61,6 +61,9 @@ async function hkdfKey(
 const TRANSPORT_CODES: Record<TransportId, string> = { "web-push": "w", fcm: "f", apns: "a" };
 const CODE_TRANSPORTS: Record<string, TransportId> = { w: "web-push", f: "fcm", a: "apns" };
 
+/** Topic hashes one sealer remembers at most (a topic is at most 256 characters). */
+const MAX_TOPIC_HASHES = 10_000;
+
 /** Derives the sealing keys from the relay secret (32 bytes or more). */
 export async function createSealer(secret: Uint8Array): Promise<Sealer> {
   if (secret.length < 32) {
@@ -78,6 +81,7 @@ export async function createSealer(secret: Uint8Array): Promise<Sealer> {
     ],
   );
   const macKeys = new Map<string, Promise<CryptoKey>>();
+  const topicHashes = new Map<string, string>();
   const macKey = (purpose: string) => {
     let key = macKeys.get(purpose);
     if (!key) {
@@ -141,7 +145,16 @@ export async function createSealer(secret: Uint8Array): Promise<Sealer> {
       }
     },
     async topicHash(app, topic) {
-      return (await mac("topic", `${app}\u0000${topic}`)).slice(0, 32);
+      // Each message's fan-out needs its topic's hash; an HMAC on Web Crypto costs tens of
+      // microseconds in thread hand-offs, so recent topics' hashes are remembered.
+      const key = `${app}\u0000${topic}`;
+      let hash = topicHashes.get(key);
+      if (hash === undefined) {
+        hash = (await mac("topic", key)).slice(0, 32);
+        if (topicHashes.size >= MAX_TOPIC_HASHES) topicHashes.clear();
+        topicHashes.set(key, hash);
+      }
+      return hash;
     },
     mac,
   };

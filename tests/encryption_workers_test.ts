@@ -69,6 +69,28 @@ Deno.test("Encryption pool with maxWorkers 0 starts no worker under any load, an
   await pool.close();
 });
 
+Deno.test("Encryption pool with bulkOnly encrypts single messages inline under any load, and only bulk ones start workers", async () => {
+  const ua = userAgent();
+  const pool = createEncryptionPool({ maxWorkers: 1, startAt: 1, bulkOnly: true });
+  const burst = (bulk: boolean) =>
+    Promise.all(Array.from({ length: 40 }, (_, i) =>
+      pool.encrypt(
+        { plaintext: `message ${i}`, uaPublic: ua.uaPublic, authSecret: ua.auth },
+        { bulk },
+      )));
+  let single: Uint8Array[] = [];
+  const inline = await countingWorkers(async () => {
+    single = await burst(false);
+  });
+  assert.equal(inline, 0);
+  single.forEach((body, i) => assert.equal(decrypt(body, ua), `message ${i}`));
+  const bulk = await countingWorkers(async () => {
+    (await burst(true)).forEach((body, i) => assert.equal(decrypt(body, ua), `message ${i}`));
+  });
+  assert.equal(bulk, 1);
+  await pool.close();
+});
+
 Deno.test("Encryption pool never starts more workers than maxWorkers", async () => {
   const pool = createEncryptionPool({ maxWorkers: 1, startAt: 2 });
   try {

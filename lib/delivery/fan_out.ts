@@ -139,15 +139,16 @@ export class FanOut {
 
   /**
    * `listed`: the topic's whole subscriber list, read after the push arrived (the push's
-   * look-up), for a fan-out that has not started yet; it is then its only page.
+   * look-up), for a fan-out that has not started yet; its pages come from that list.
    */
   constructor(
     private readonly o: FanOutOptions,
     start: Entry<OutboxMessage>,
-    private listed?: readonly Subscriber[],
+    private readonly listed?: readonly Subscriber[],
   ) {
     this.entry = start;
     this.m = start.value;
+    if (start.value.cursor !== null) this.listed = undefined;
   }
 
   private settle(state: State): void {
@@ -253,13 +254,18 @@ export class FanOut {
   private async readPage(after: string | null, limit: number): Promise<Page> {
     const { store } = this.o;
     let subscribers: readonly Subscriber[];
-    const listed = after === null && this.m.only === undefined ? this.listed : undefined;
-    this.listed = undefined;
-    if (listed) {
-      const registrations = listed.length > 0
-        ? await store.registrations.getMany(listed.map((s) => s.clientId))
+    if (this.listed && this.m.only === undefined) {
+      // The look-up's list, in pages as a KV listing would give them (client-id order).
+      const from = after === null ? 0 : this.listed.findIndex((s) => s.clientId > after);
+      const page = from < 0 ? [] : this.listed.slice(from, from + limit);
+      const registrations = page.length > 0
+        ? await store.registrations.getMany(page.map((s) => s.clientId))
         : new Map<string, Registration>();
-      return { subscribers: listed, registrations, more: false };
+      return {
+        subscribers: page,
+        registrations,
+        more: from >= 0 && from + limit < this.listed.length,
+      };
     }
     if (this.m.only !== undefined) {
       // A window's openers, at most a few: all of them on the first page.

@@ -235,8 +235,6 @@ function keyId(key: Deno.KvKey): string {
   return s;
 }
 
-const encoder = new TextEncoder();
-
 function stringBytes(s: string): number {
   let n = 0;
   for (let i = 0; i < s.length; i++) {
@@ -254,19 +252,21 @@ function keyBytes(key: Deno.KvKey): number {
   return n;
 }
 
-/** About the serialised size of a value (JSON's, which follows V8's closely for ASCII text). */
+/**
+ * About the serialised size of a value: its JSON's length in UTF-16 units. V8 serialises text
+ * with one byte per character, or two when a string holds any beyond Latin-1, so the true size
+ * is at most about twice this, which the limits' reserve covers.
+ */
 function valueBytes(value: unknown): number {
   if (value === null || value === undefined || typeof value !== "object") {
-    return typeof value === "string" ? stringBytes(value) + 8 : 16;
+    return typeof value === "string" ? value.length + 8 : 16;
   }
   if (value instanceof Uint8Array) return value.length + 8;
   if (value instanceof Deno.KvU64) return 16;
   try {
-    return encoder.encode(
-      JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? v.toString() : v)),
-    ).length + 16;
+    return JSON.stringify(value).length + 16;
   } catch {
-    return 64 * 1024; // the most one value may be
+    return 64 * 1024; // (a BigInt inside) the most one value may be
   }
 }
 

@@ -7,6 +7,7 @@
  */
 
 import { type Clock, systemClock } from "../time.ts";
+import { BulkStore } from "./bulk.ts";
 import { IngressStore } from "./ingress.ts";
 import { Kv } from "./kv.ts";
 import { LifetimeSweep } from "./lifetimes.ts";
@@ -20,6 +21,7 @@ import { UpstreamStore } from "./upstream.ts";
 import { WorkerStore } from "./workers.ts";
 
 export { type Advance, type OutboxWrite, type WindowWrite } from "./outbox.ts";
+export { type NewRegistration } from "./bulk.ts";
 export { type FollowUp } from "./queue.ts";
 export { type IngressMarker } from "./ingress.ts";
 export {
@@ -46,6 +48,8 @@ export interface Store {
   readonly ingress: IngressStore;
   readonly upstream: UpstreamStore;
   readonly lifetimes: LifetimeSweep;
+  /** Seeding many new clients at once (benchmarks). */
+  readonly bulk: BulkStore;
 }
 
 export interface StoreOptions {
@@ -82,5 +86,6 @@ export function createStore(db: Deno.Kv, options: StoreOptions = {}): Store {
     ingress: new IngressStore(kv),
     upstream: new UpstreamStore(kv),
     lifetimes: new LifetimeSweep(kv, registrations, { idleMs }),
+    bulk: new BulkStore(kv, { idleMs }),
   };
 }
