@@ -38,6 +38,14 @@ export const LIBCRYPTO_PATHS: readonly string[] = [
   "/lib/libcrypto.so.3",
 ];
 
+/**
+ * A byte array as FFI's `buffer` parameters are typed (ArrayBuffer-backed, which Deno 2.5's
+ * types insist on). The relay never hands libcrypto a SharedArrayBuffer.
+ */
+function buf(u: Uint8Array): Uint8Array<ArrayBuffer> {
+  return u as Uint8Array<ArrayBuffer>;
+}
+
 const SYMBOLS = {
   EC_GROUP_new_by_curve_name: { parameters: ["i32"], result: "pointer" },
   EC_KEY_new: { parameters: [], result: "pointer" },
@@ -152,21 +160,30 @@ export function loadLibcrypto(options: LoadLibcryptoOptions = {}): LibcryptoStat
     }
     if (state !== "granted") continue;
     granted++;
-    let symbols: Symbols;
+    let dl: Deno.DynamicLibrary<typeof SYMBOLS>;
     try {
-      symbols = dlopen(path, SYMBOLS).symbols;
+      dl = dlopen(path, SYMBOLS);
     } catch (err) {
       // Absent here (the usual case for all but one path), or without a symbol.
       if (/no such file/i.test((err as Error).message)) continue;
       return { ok: false, reason: `${path}: ${firstLine(err)}` };
     }
+    let failed: string | null;
+    let lib: Libcrypto | undefined;
     try {
-      const lib = bind(symbols, path);
-      const failed = selfTest(lib);
-      return failed ? { ok: false, reason: `self-test failed: ${failed}` } : { ok: true, lib };
+      lib = bind(dl.symbols as Symbols, path);
+      failed = selfTest(lib);
     } catch (err) {
-      return { ok: false, reason: `self-test failed: ${firstLine(err)}` };
+      failed = firstLine(err);
     }
+    if (!failed && lib) return { ok: true, lib };
+    // A library that fails its self-test is never used: unload it.
+    try {
+      dl.close();
+    } catch {
+      // already unusable
+    }
+    return { ok: false, reason: `self-test failed: ${failed}` };
   }
   return {
     ok: false,
@@ -178,14 +195,6 @@ export function loadLibcrypto(options: LoadLibcryptoOptions = {}): LibcryptoStat
 
 function firstLine(err: unknown): string {
   return (err instanceof Error ? err.message : String(err)).split("\n")[0]!.slice(0, 200);
-}
-
-let cached: LibcryptoStatus | undefined;
-
-/** {@link loadLibcrypto} with the defaults, once per isolate. */
-export function libcrypto(): LibcryptoStatus {
-  cached ??= loadLibcrypto();
-  return cached;
 }
 
 /** `3.0.19` from `OpenSSL_version_num()` (0xMNN00PP0 since OpenSSL 3). */
@@ -220,7 +229,7 @@ function bind(l: Symbols, path: string): Libcrypto {
     if (!point) return fail(new Error("EC_POINT_new failed"));
     try {
       // OpenSSL checks that the point lies on the curve (SEC 1 §3.2.2.1).
-      if (l.EC_POINT_oct2point(group, point, ua, 65n, null) !== 1) {
+      if (l.EC_POINT_oct2point(group, point, buf(ua), 65n, null) !== 1) {
         return fail(new TypeError("p256dh is not a point on P-256"));
       }
       const secret = new Uint8Array(32);
@@ -295,7 +304,9 @@ function bind(l: Symbols, path: string): Libcrypto {
     hmac(key, ...data) {
       const input = data.length === 1 ? data[0]! : concatAll(data);
       const out = new Uint8Array(32);
-      if (l.HMAC(sha256, key, key.length, input, BigInt(input.length), out, null) === null) {
+      if (
+        l.HMAC(sha256, buf(key), key.length, buf(input), BigInt(input.length), out, null) === null
+      ) {
         return fail(new Error("HMAC failed"));
       }
       return out;
@@ -304,8 +315,8 @@ function bind(l: Symbols, path: string): Libcrypto {
       if (key.length !== 16 || nonce.length !== 12) throw new TypeError("bad AES-GCM key or nonce");
       const out = new Uint8Array(plaintext.length + 16);
       const tag = out.subarray(plaintext.length);
-      const ok = l.EVP_EncryptInit_ex(ctx, gcm, null, key, nonce) === 1 &&
-        l.EVP_EncryptUpdate(ctx, out, outLength, plaintext, plaintext.length) === 1 &&
+      const ok = l.EVP_EncryptInit_ex(ctx, gcm, null, buf(key), buf(nonce)) === 1 &&
+        l.EVP_EncryptUpdate(ctx, out, outLength, buf(plaintext), plaintext.length) === 1 &&
         l.EVP_EncryptFinal_ex(ctx, tag, outLength) === 1 &&
         l.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, 16, tag) === 1;
       if (!ok) return fail(new Error("AES-GCM failed"));
@@ -333,8 +344,8 @@ function bind(l: Symbols, path: string): Libcrypto {
     importKeyPair(publicKey, privateKey) {
       const key = newKey();
       const ok = privateKey.length === 32 && publicKey.length === 65 &&
-        l.EC_KEY_oct2priv(key, privateKey, 32n) === 1 &&
-        l.EC_KEY_oct2key(key, publicKey, 65n, null) === 1 &&
+        l.EC_KEY_oct2priv(key, buf(privateKey), 32n) === 1 &&
+        l.EC_KEY_oct2key(key, buf(publicKey), 65n, null) === 1 &&
         // The public point must be the private scalar's (SEC 1 §3.2.1).
         l.EC_KEY_check_key(key) === 1;
       if (!ok) {
@@ -360,4 +371,16 @@ function concatAll(parts: Uint8Array[]): Uint8Array {
     at += p.length;
   }
   return out;
+}
+
+/**
+ * {@link loadLibcrypto} with the defaults, done once per isolate as this module is evaluated
+ * (at start-up, before any request), so that no later call opens a library. At the end of the
+ * module: everything it uses is initialised by then.
+ */
+const loaded: LibcryptoStatus = loadLibcrypto();
+
+/** libcrypto as this isolate loaded it (or why it did not). */
+export function libcrypto(): LibcryptoStatus {
+  return loaded;
 }
