@@ -42,20 +42,9 @@ export function decodeBase64Url(input: string): Uint8Array {
   if (s.length % 4 === 1) {
     throw new TypeError(`Cannot decode base64url: impossible length ${input.length}`);
   }
-  const out = new Uint8Array(Math.floor((s.length * 3) / 4));
-  let buffer = 0;
-  let bits = 0;
-  let o = 0;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    const v = c < 128 ? LOOKUP[c]! : -1;
-    if (v < 0) throw new TypeError(`Cannot decode base64url: invalid character at ${i}`);
-    buffer = (buffer << 6) | v;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      out[o++] = (buffer >> bits) & 0xff;
-    }
+  const out = decodeInto(s);
+  if (typeof out === "number") {
+    throw new TypeError(`Cannot decode base64url: invalid character at ${out}`);
   }
   return out;
 }
@@ -67,6 +56,12 @@ export function decodeBase64Url(input: string): Uint8Array {
  */
 export function decodeBase64UrlStrict(s: string): Uint8Array | undefined {
   if (s.length === 0 || s.length % 4 === 1) return undefined;
+  const out = decodeInto(s);
+  return typeof out === "number" ? undefined : out;
+}
+
+/** The bytes of URL-safe base64 text of a possible length, or the index of a bad character. */
+function decodeInto(s: string): Uint8Array | number {
   const out = new Uint8Array(Math.floor((s.length * 3) / 4));
   let buffer = 0;
   let bits = 0;
@@ -74,7 +69,7 @@ export function decodeBase64UrlStrict(s: string): Uint8Array | undefined {
   for (let i = 0; i < s.length; i++) {
     const c = s.charCodeAt(i);
     const v = c < 128 ? LOOKUP[c]! : -1;
-    if (v < 0) return undefined;
+    if (v < 0) return i;
     buffer = ((buffer << 6) | v) & 0xffffff;
     bits += 6;
     if (bits >= 8) {

@@ -216,6 +216,19 @@ export async function harness(
 }
 
 let cachedKeys: { publicKey: string } | null = null;
+/**
+ * `n` random bytes with a well-formed RFC 8188 `aes128gcm` header (record size 4096, a 65-byte
+ * key id shaped as an uncompressed P-256 point): a body the ingress's structural checks accept,
+ * as a WebDAV-Push server posts it.
+ */
+export function aes128gcmShaped(n = 120): Uint8Array<ArrayBuffer> {
+  const b = crypto.getRandomValues(new Uint8Array(n));
+  new DataView(b.buffer).setUint32(16, 4096);
+  b[20] = 65;
+  b[21] = 0x04;
+  return b;
+}
+
 /** A valid P-256 public key for subscriptions (generated once per test process). */
 export async function testSubscriptionKeys(): Promise<{ publicKey: string }> {
   if (!cachedKeys) {

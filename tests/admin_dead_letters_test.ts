@@ -9,25 +9,12 @@ import type { DeadLetter } from "../lib/model.ts";
 import { createSealer } from "../lib/seal.ts";
 import { keys } from "../lib/store/mod.ts";
 import { APP2_TOKEN, type Harness, harness, settle } from "./_harness.ts";
+import { ADMIN, admin, json, refused } from "./_admin.ts";
 import { listDeadLetters, listDeliveries } from "./_inspect.ts";
-
-const ADMIN = "admin-token-0123456789abcdef-xyz";
 
 /** The keyed topic hash, with the harness's RELAY_SECRET (32 bytes of 7). */
 async function topicHash(app: string, topic: string): Promise<string> {
   return await (await createSealer(new Uint8Array(32).fill(7))).topicHash(app, topic);
-}
-const refused = { kind: "failed", status: 400, reason: "push service answered 400" } as const;
-
-function admin(h: Harness, path: string, init: RequestInit = {}, token: string | null = ADMIN) {
-  const headers = new Headers(init.headers);
-  if (token !== null) headers.set("authorization", `Bearer ${token}`);
-  return h.request(path, { ...init, headers });
-}
-
-async function json(res: Response, status = 200) {
-  assert.equal(res.status, status, await res.clone().text());
-  return await res.json();
 }
 
 /** Three dead letters (app1 at T0, app2 at T0+1s, app1 at T0+2s) and one from an older relay. */

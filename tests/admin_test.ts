@@ -9,22 +9,8 @@ import { ConfigError, loadConfig } from "../lib/config.ts";
 import { encodeBase64Url } from "../lib/encoding.ts";
 import { silentLogger } from "../lib/log.ts";
 import { createRelay } from "../relay.ts";
-import { APP2_TOKEN, APP_TOKEN, type Harness, harness, settle } from "./_harness.ts";
-
-const ADMIN = "admin-token-0123456789abcdef-xyz";
-
-const refused = { kind: "failed", status: 400, reason: "push service answered 400" } as const;
-
-function admin(h: Harness, path: string, init: RequestInit = {}, token: string | null = ADMIN) {
-  const headers = new Headers(init.headers);
-  if (token !== null) headers.set("authorization", `Bearer ${token}`);
-  return h.request(path, { ...init, headers });
-}
-
-async function json(res: Response, status = 200) {
-  assert.equal(res.status, status, await res.clone().text());
-  return await res.json();
-}
+import { APP2_TOKEN, APP_TOKEN, harness, settle } from "./_harness.ts";
+import { ADMIN, admin, json, refused } from "./_admin.ts";
 
 Deno.test("Admin API: with RELAY_ADMIN_TOKEN unset every /admin path is 404", async () => {
   const h = await harness();

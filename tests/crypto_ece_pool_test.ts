@@ -7,32 +7,8 @@
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { createECDH, randomBytes as nodeRandomBytes } from "node:crypto";
-import ece from "http_ece";
 import { createEncryptionPool } from "../lib/crypto/ece_pool.ts";
-import { fromUtf8 } from "../lib/encoding.ts";
-
-function userAgent() {
-  const ecdh = createECDH("prime256v1");
-  ecdh.generateKeys();
-  return {
-    ecdh,
-    uaPublic: new Uint8Array(ecdh.getPublicKey()),
-    auth: new Uint8Array(nodeRandomBytes(16)),
-  };
-}
-
-function decrypt(body: Uint8Array, ua: ReturnType<typeof userAgent>): string {
-  return fromUtf8(
-    new Uint8Array(
-      ece.decrypt(Buffer.from(body), {
-        version: "aes128gcm",
-        privateKey: ua.ecdh,
-        authSecret: Buffer.from(ua.auth),
-      }),
-    ),
-  );
-}
+import { decryptWithHttpEce, userAgent } from "./_user_agent.ts";
 
 Deno.test("Encryption pool: under load workers start, and every body decrypts with a fresh sender key (RFC 8291 §3.1)", async () => {
   const pool = createEncryptionPool({ maxWorkers: 2, startAt: 2 });
@@ -51,7 +27,7 @@ Deno.test("Encryption pool: under load workers start, and every body decrypts wi
     const bodies = await run(64);
     const senders = new Set<string>();
     bodies.forEach((body, i) => {
-      assert.equal(decrypt(body, ua), `message ${i}`);
+      assert.equal(decryptWithHttpEce(body, ua), `message ${i}`);
       senders.add(Buffer.from(body.subarray(21, 86)).toString("hex"));
     });
     assert.equal(senders.size, 64);
@@ -81,7 +57,7 @@ Deno.test("Encryption pool: a p256dh off the curve is refused by a worker with a
       uaPublic: ua.uaPublic,
       authSecret: ua.auth,
     });
-    assert.equal(decrypt(body, ua), "ok");
+    assert.equal(decryptWithHttpEce(body, ua), "ok");
   } finally {
     await pool.close();
   }
@@ -91,7 +67,7 @@ Deno.test("Encryption pool: a single message is encrypted inline (no worker star
   const pool = createEncryptionPool({ maxWorkers: 2 });
   const ua = userAgent();
   const body = await pool.encrypt({ plaintext: "one", uaPublic: ua.uaPublic, authSecret: ua.auth });
-  assert.equal(decrypt(body, ua), "one");
+  assert.equal(decryptWithHttpEce(body, ua), "one");
   assert.equal(pool.workers, 0);
   await pool.close();
   const after = await pool.encrypt({
@@ -99,5 +75,5 @@ Deno.test("Encryption pool: a single message is encrypted inline (no worker star
     uaPublic: ua.uaPublic,
     authSecret: ua.auth,
   });
-  assert.equal(decrypt(after, ua), "two");
+  assert.equal(decryptWithHttpEce(after, ua), "two");
 });

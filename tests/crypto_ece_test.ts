@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { createECDH, randomBytes as nodeRandomBytes } from "node:crypto";
+import { createECDH } from "node:crypto";
 import ece from "http_ece";
 import {
   createEphemeralKeyPool,
@@ -16,40 +16,8 @@ import {
 } from "../lib/crypto/ece.ts";
 import { concat, decodeBase64Url, encodeBase64Url, fromUtf8 } from "../lib/encoding.ts";
 import { libcrypto } from "../lib/crypto/p256_ffi.ts";
-
-// RFC 8291 Appendix A ("Intermediate Values for Encryption").
-const RFC8291 = {
-  plaintext: "When I grow up, I want to be a watermelon",
-  asPublic:
-    "BP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A8",
-  asPrivate: "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw",
-  uaPublic:
-    "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
-  uaPrivate: "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94",
-  authSecret: "BTBZMqHH6r4Tts7J_aSIgg",
-  salt: "DGv6ra1nlYgDCS1FRnbzlw",
-  body: "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27ml" +
-    "mlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPT" +
-    "pK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN",
-};
-
-/** A user agent's subscription keys, with the private half kept for decryption. */
-function userAgent() {
-  const ecdh = createECDH("prime256v1");
-  ecdh.generateKeys();
-  const auth = new Uint8Array(nodeRandomBytes(16));
-  return { ecdh, uaPublic: new Uint8Array(ecdh.getPublicKey()), auth };
-}
-
-/** Decrypts with npm http_ece, an independent RFC 8188/8291 implementation on node:crypto. */
-function decryptWithHttpEce(body: Uint8Array, ua: ReturnType<typeof userAgent>): string {
-  const plaintext = ece.decrypt(Buffer.from(body), {
-    version: "aes128gcm",
-    privateKey: ua.ecdh,
-    authSecret: Buffer.from(ua.auth),
-  });
-  return fromUtf8(new Uint8Array(plaintext));
-}
+import { RFC8291_APPENDIX_A } from "../lib/crypto/p256_ffi_check.ts";
+import { decryptWithHttpEce, userAgent } from "./_user_agent.ts";
 
 // libcrypto through FFI where it loads (tests run with every permission), and the fallbacks.
 const BACKENDS = [...(libcrypto().ok ? ["ffi" as const] : []), "node", "webcrypto"] as const;
@@ -57,19 +25,19 @@ const BACKENDS = [...(libcrypto().ok ? ["ffi" as const] : []), "node", "webcrypt
 for (const backend of BACKENDS) {
   Deno.test(`RFC 8291 Appendix A: encryptWebPush() reproduces the example body byte for byte (P-256 on ${backend})`, async () => {
     const asKeyPair = await importEphemeralKeyPair(
-      decodeBase64Url(RFC8291.asPublic),
-      decodeBase64Url(RFC8291.asPrivate),
+      decodeBase64Url(RFC8291_APPENDIX_A.asPublic),
+      decodeBase64Url(RFC8291_APPENDIX_A.asPrivate),
       backend,
     );
     const body = await encryptWebPush(
       {
-        plaintext: RFC8291.plaintext,
-        uaPublic: decodeBase64Url(RFC8291.uaPublic),
-        authSecret: decodeBase64Url(RFC8291.authSecret),
+        plaintext: RFC8291_APPENDIX_A.plaintext,
+        uaPublic: decodeBase64Url(RFC8291_APPENDIX_A.uaPublic),
+        authSecret: decodeBase64Url(RFC8291_APPENDIX_A.authSecret),
       },
-      { asKeyPair, salt: decodeBase64Url(RFC8291.salt), p256: backend },
+      { asKeyPair, salt: decodeBase64Url(RFC8291_APPENDIX_A.salt), p256: backend },
     );
-    assert.equal(encodeBase64Url(body), RFC8291.body);
+    assert.equal(encodeBase64Url(body), RFC8291_APPENDIX_A.body);
   });
 
   Deno.test(`RFC 8291 §3.1/§3.3: a fresh ${backend} key pair agrees on the secret the UA computes, and http_ece decrypts`, async () => {
@@ -94,8 +62,8 @@ const hex = (h: string) => new Uint8Array(h.match(/../g)!.map((b) => parseInt(b,
 const PKCS8_HEAD = "020100301306072a8648ce3d020106082a8648ce3d030107";
 
 Deno.test("RFC 5915 §3: pkcs8PublicPoint() reads the public key an ECPrivateKey carries, and only that", async () => {
-  const d = decodeBase64Url(RFC8291.asPrivate);
-  const point = decodeBase64Url(RFC8291.asPublic);
+  const d = decodeBase64Url(RFC8291_APPENDIX_A.asPrivate);
+  const point = decodeBase64Url(RFC8291_APPENDIX_A.asPublic);
   const withPoint = concat(
     hex(`308187${PKCS8_HEAD}046d306b0201010420`),
     d,
@@ -126,7 +94,7 @@ Deno.test("RFC 5915 §3: pkcs8PublicPoint() reads the public key an ECPrivateKey
 Deno.test("importEphemeralKeyPair() refuses a public key that is not the private key's", async () => {
   const wrong = userAgent().uaPublic;
   await assert.rejects(
-    importEphemeralKeyPair(wrong, decodeBase64Url(RFC8291.asPrivate), "node"),
+    importEphemeralKeyPair(wrong, decodeBase64Url(RFC8291_APPENDIX_A.asPrivate), "node"),
     /does not match the private key/,
   );
 });
@@ -141,13 +109,13 @@ Deno.test("fastestP256Backend() picks libcrypto where it loads, else one of the 
 
 Deno.test("RFC 8291 Appendix A: http_ece decrypts the example body with the UA private key", () => {
   const ecdh = createECDH("prime256v1");
-  ecdh.setPrivateKey(Buffer.from(decodeBase64Url(RFC8291.uaPrivate)));
-  const plaintext = ece.decrypt(Buffer.from(decodeBase64Url(RFC8291.body)), {
+  ecdh.setPrivateKey(Buffer.from(decodeBase64Url(RFC8291_APPENDIX_A.uaPrivate)));
+  const plaintext = ece.decrypt(Buffer.from(decodeBase64Url(RFC8291_APPENDIX_A.body)), {
     version: "aes128gcm",
     privateKey: ecdh,
-    authSecret: Buffer.from(decodeBase64Url(RFC8291.authSecret)),
+    authSecret: Buffer.from(decodeBase64Url(RFC8291_APPENDIX_A.authSecret)),
   });
-  assert.equal(fromUtf8(new Uint8Array(plaintext)), RFC8291.plaintext);
+  assert.equal(fromUtf8(new Uint8Array(plaintext)), RFC8291_APPENDIX_A.plaintext);
 });
 
 Deno.test("RFC 8291 §3.4: http_ece (independent) decrypts our output for random keys", async () => {
@@ -301,8 +269,8 @@ Deno.test("RFC 8291 §3.1: messages encrypted from a key pool use distinct as_pu
 });
 
 Deno.test("SEC 1 §2.3.4: isP256Point() accepts node:crypto's points and rejects a flipped bit", () => {
-  assert.ok(isP256Point(decodeBase64Url(RFC8291.uaPublic)));
-  assert.ok(isP256Point(decodeBase64Url(RFC8291.asPublic)));
+  assert.ok(isP256Point(decodeBase64Url(RFC8291_APPENDIX_A.uaPublic)));
+  assert.ok(isP256Point(decodeBase64Url(RFC8291_APPENDIX_A.asPublic)));
   for (let i = 0; i < 50; i++) {
     const point = userAgent().uaPublic;
     assert.ok(isP256Point(point));

@@ -18,26 +18,13 @@ import {
   loadLibcrypto,
 } from "../lib/crypto/p256_ffi.ts";
 import { decodeBase64Url, encodeBase64Url, fromUtf8, utf8 } from "../lib/encoding.ts";
+import { RFC8291_APPENDIX_A } from "../lib/crypto/p256_ffi_check.ts";
 
 const status = libcrypto();
 const lib: Libcrypto | null = status.ok ? status.lib : null;
 // CI installs libssl3 (.ci/run); elsewhere the FFI tests say why they cannot run.
 const ignore = lib === null;
 if (!status.ok) console.log(`libcrypto unavailable here: ${status.reason}`);
-
-const APPENDIX_A = {
-  plaintext: "When I grow up, I want to be a watermelon",
-  asPublic:
-    "BP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A8",
-  asPrivate: "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw",
-  uaPublic:
-    "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
-  authSecret: "BTBZMqHH6r4Tts7J_aSIgg",
-  salt: "DGv6ra1nlYgDCS1FRnbzlw",
-  body: "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27ml" +
-    "mlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPT" +
-    "pK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN",
-};
 
 function userAgent() {
   const ecdh = createECDH("prime256v1");
@@ -50,7 +37,7 @@ Deno.test({
     "RFC 8291 Appendix A: libcrypto alone (key import, ECDH, HKDF, AES-GCM) gives the example body byte for byte",
   ignore,
   fn() {
-    const v = APPENDIX_A;
+    const v = RFC8291_APPENDIX_A;
     const uaPublic = decodeBase64Url(v.uaPublic);
     const pair = lib!.importKeyPair(decodeBase64Url(v.asPublic), decodeBase64Url(v.asPrivate));
     const body = sealRecord(lib!.symmetric, {
@@ -168,7 +155,7 @@ Deno.test({
   ignore,
   fn() {
     assert.throws(
-      () => lib!.importKeyPair(userAgent().uaPublic, decodeBase64Url(APPENDIX_A.asPrivate)),
+      () => lib!.importKeyPair(userAgent().uaPublic, decodeBase64Url(RFC8291_APPENDIX_A.asPrivate)),
       /does not match the private key/,
     );
   },

@@ -5,32 +5,10 @@
  */
 
 import assert from "node:assert/strict";
-import { Buffer } from "node:buffer";
-import { createECDH, randomBytes as nodeRandomBytes } from "node:crypto";
-import ece from "http_ece";
 import { loadConfig } from "../lib/config.ts";
 import { createEncryptionPool } from "../lib/crypto/ece_pool.ts";
-import { fromUtf8 } from "../lib/encoding.ts";
 import { harness, settle } from "./_harness.ts";
-
-function userAgent() {
-  const ecdh = createECDH("prime256v1");
-  ecdh.generateKeys();
-  return {
-    ecdh,
-    uaPublic: new Uint8Array(ecdh.getPublicKey()),
-    auth: new Uint8Array(nodeRandomBytes(16)),
-  };
-}
-
-function decrypt(body: Uint8Array, ua: ReturnType<typeof userAgent>): string {
-  const plain = ece.decrypt(Buffer.from(body), {
-    version: "aes128gcm",
-    privateKey: ua.ecdh,
-    authSecret: Buffer.from(ua.auth),
-  });
-  return fromUtf8(new Uint8Array(plain));
-}
+import { decryptWithHttpEce, userAgent } from "./_user_agent.ts";
 
 /** Replaces `Worker` while `fn` runs with one that counts (and refuses) constructions. */
 async function countingWorkers(fn: () => Promise<void>): Promise<number> {
@@ -65,7 +43,7 @@ Deno.test("Encryption pool with maxWorkers 0 starts no worker under any load, an
   });
   assert.equal(constructed, 0);
   assert.equal(pool.workers, 0);
-  bodies.forEach((body, i) => assert.equal(decrypt(body, ua), `message ${i}`));
+  bodies.forEach((body, i) => assert.equal(decryptWithHttpEce(body, ua), `message ${i}`));
   await pool.close();
 });
 
@@ -83,9 +61,11 @@ Deno.test("Encryption pool with bulkOnly encrypts single messages inline under a
     single = await burst(false);
   });
   assert.equal(inline, 0);
-  single.forEach((body, i) => assert.equal(decrypt(body, ua), `message ${i}`));
+  single.forEach((body, i) => assert.equal(decryptWithHttpEce(body, ua), `message ${i}`));
   const bulk = await countingWorkers(async () => {
-    (await burst(true)).forEach((body, i) => assert.equal(decrypt(body, ua), `message ${i}`));
+    (await burst(true)).forEach((body, i) =>
+      assert.equal(decryptWithHttpEce(body, ua), `message ${i}`)
+    );
   });
   assert.equal(bulk, 1);
   await pool.close();

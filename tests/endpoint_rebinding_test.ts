@@ -13,7 +13,7 @@ import type { Resolver } from "../lib/address_policy.ts";
 import { type Connect, createHttp1Client, EndpointRefused } from "../lib/transports/http1.ts";
 import type { OutboundMessage, WebPushTarget } from "../lib/transports/types.ts";
 import { createWebPushTransport } from "../lib/transports/web_push.ts";
-import { harness, settle, testSubscriptionKeys } from "./_harness.ts";
+import { aes128gcmShaped, harness, settle, testSubscriptionKeys } from "./_harness.ts";
 import { MOCK_CA_PEM } from "./mocks/apns_mock.ts";
 
 const CERT_DIR = new URL("./mocks/certs/", import.meta.url);
@@ -102,15 +102,6 @@ async function vapid() {
   return await createVapid({ ...keys, subject: "mailto:ops@relay.example", now: Date.now });
 }
 
-/** An RFC 8188 body as a WebDAV-Push server posts it (only its header is looked at). */
-function aes128gcmBody(): Uint8Array<ArrayBuffer> {
-  const body = crypto.getRandomValues(new Uint8Array(120));
-  new DataView(body.buffer).setUint32(16, 4096); // record size
-  body[20] = 65; // key id length: the sender's P-256 point
-  body[21] = 0x04;
-  return body;
-}
-
 for (
   const [label, privateAnswer] of [
     ["127.0.0.1", ["127.0.0.1"]],
@@ -142,7 +133,7 @@ for (
         const res = await h.request(resource, {
           method: "POST",
           headers: { "content-encoding": "aes128gcm", ttl: "60" },
-          body: aes128gcmBody(),
+          body: aes128gcmShaped(),
         });
         assert.equal(res.status, 201);
         // One delivery at a time: concurrent new connections to one host share a lookup.

@@ -4,7 +4,15 @@
  */
 
 import assert from "node:assert/strict";
-import { APP_TOKEN, FakeTransport, type Harness, harness, PUBLIC_URL, T0 } from "./_harness.ts";
+import {
+  aes128gcmShaped,
+  APP_TOKEN,
+  FakeTransport,
+  type Harness,
+  harness,
+  PUBLIC_URL,
+  T0,
+} from "./_harness.ts";
 import { makeApnsKey, makeServiceAccount } from "./mocks/keys.ts";
 import { encryptWebPush } from "../lib/crypto/ece.ts";
 import { signJwt } from "../lib/crypto/jwt.ts";
@@ -74,10 +82,7 @@ async function encrypted(plaintext = XML): Promise<Uint8Array> {
 
 /** `n` bytes with a well-formed aes128gcm header (only the relay's structural checks apply). */
 function shaped(n: number, patch: (b: Uint8Array) => void = () => {}): Uint8Array {
-  const b = randomBytes(n);
-  new DataView(b.buffer).setUint32(16, 4096);
-  b[20] = 65;
-  b[21] = 0x04;
+  const b = aes128gcmShaped(n);
   patch(b);
   return b;
 }

@@ -11,7 +11,7 @@ import { encodeBase64Url } from "../lib/encoding.ts";
 import { keys } from "../lib/store/mod.ts";
 import type { Registration } from "../lib/model.ts";
 import { targetHash } from "../lib/targets.ts";
-import { type Harness, harness } from "./_harness.ts";
+import { aes128gcmShaped, type Harness, harness } from "./_harness.ts";
 import { listClientSubscriptions } from "./_inspect.ts";
 
 const RI_MS = 604800 * 1000;
@@ -19,19 +19,11 @@ const DAY = 86400_000;
 /** How long a removed registration's push resource answers 410. */
 const INGRESS_GONE_MS = 7 * DAY;
 
-function ingressBody(): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(120);
-  new DataView(b.buffer).setUint32(16, 4096);
-  b[20] = 65;
-  b[21] = 0x04;
-  return b;
-}
-
 async function postIngress(h: Harness, resource: string): Promise<number> {
   const res = await h.request(new URL(resource).pathname, {
     method: "POST",
     headers: { "content-encoding": "aes128gcm", ttl: "60" },
-    body: ingressBody(),
+    body: aes128gcmShaped(),
   });
   await res.body?.cancel();
   return res.status;

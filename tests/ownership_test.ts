@@ -11,7 +11,7 @@ import { encodeBase64Url, randomBytes } from "../lib/encoding.ts";
 import { keys } from "../lib/store/mod.ts";
 import { targetHash } from "../lib/targets.ts";
 import type { Registration } from "../lib/model.ts";
-import { type Harness, harness, settle } from "./_harness.ts";
+import { aes128gcmShaped, type Harness, harness, settle } from "./_harness.ts";
 import { listClientSubscriptions } from "./_inspect.ts";
 import { makeApnsKey, makeServiceAccount } from "./mocks/keys.ts";
 
@@ -64,20 +64,11 @@ async function register(h: Harness, d: Device, extra: Record<string, unknown> = 
   return await res.json() as Answer;
 }
 
-/** An RFC 8291-shaped body: the ingress only reads the aes128gcm header. */
-function ingressBody(): Uint8Array<ArrayBuffer> {
-  const b = new Uint8Array(120);
-  new DataView(b.buffer).setUint32(16, 4096);
-  b[20] = 65;
-  b[21] = 0x04;
-  return b;
-}
-
 function postIngress(h: Harness, resource: string) {
   return h.request(new URL(resource).pathname, {
     method: "POST",
     headers: { "content-encoding": "aes128gcm", ttl: "60" },
-    body: ingressBody(),
+    body: aes128gcmShaped(),
   });
 }
 

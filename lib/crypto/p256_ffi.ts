@@ -19,6 +19,7 @@
  * @module
  */
 
+import { concat } from "../encoding.ts";
 import { selfTest } from "./p256_ffi_check.ts";
 import type { Symmetric } from "./ece_record.ts";
 
@@ -302,7 +303,7 @@ function bind(l: Symbols, path: string): Libcrypto {
 
   const symmetric: Symmetric = {
     hmac(key, ...data) {
-      const input = data.length === 1 ? data[0]! : concatAll(data);
+      const input = data.length === 1 ? data[0]! : concat(...data);
       const out = new Uint8Array(32);
       if (
         l.HMAC(sha256, buf(key), key.length, buf(input), BigInt(input.length), out, null) === null
@@ -359,18 +360,6 @@ function bind(l: Symbols, path: string): Libcrypto {
       return pairOf(key, publicKey.slice());
     },
   };
-}
-
-function concatAll(parts: Uint8Array[]): Uint8Array {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 /**

@@ -12,14 +12,15 @@ import { decodeBase64Url, viewBytes as bytes } from "../encoding.ts";
 import { sealRecord } from "./ece_record.ts";
 import type { Libcrypto } from "./p256_ffi.ts";
 
-// RFC 8291 Appendix A ("Intermediate Values for Encryption").
-const APPENDIX_A = {
+/** RFC 8291 Appendix A ("Intermediate Values for Encryption"), base64url as printed there. */
+export const RFC8291_APPENDIX_A = {
   plaintext: "When I grow up, I want to be a watermelon",
   asPublic:
     "BP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A8",
   asPrivate: "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw",
   uaPublic:
     "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4",
+  uaPrivate: "q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94",
   authSecret: "BTBZMqHH6r4Tts7J_aSIgg",
   salt: "DGv6ra1nlYgDCS1FRnbzlw",
   body: "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27ml" +
@@ -33,7 +34,7 @@ function equal(a: Uint8Array, b: Uint8Array): boolean {
 
 /** Null when libcrypto passes; else what failed. */
 export function selfTest(lib: Libcrypto): string | null {
-  const v = APPENDIX_A;
+  const v = RFC8291_APPENDIX_A;
   const uaPublic = decodeBase64Url(v.uaPublic);
   const pair = lib.importKeyPair(decodeBase64Url(v.asPublic), decodeBase64Url(v.asPrivate));
   const body = sealRecord(lib.symmetric, {

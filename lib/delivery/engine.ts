@@ -125,9 +125,9 @@ export class DeliveryEngine {
       logger,
     });
     this.breakers = new Breakers({ ...DEFAULT_BREAKER, ...o.breaker }, logger);
-    const sender = new Sender({
+    // What every sender of single attempts needs: local transports and the upstream alike.
+    const attempts = {
       store,
-      transports: o.transports,
       breakers: this.breakers,
       now,
       logger,
@@ -136,7 +136,8 @@ export class DeliveryEngine {
       random,
       ttl: o.ttl,
       signal: this.abort.signal,
-    });
+    };
+    const sender = new Sender({ ...attempts, transports: o.transports });
     this.fanOutOptions = {
       store,
       leases: this.leases,
@@ -163,16 +164,8 @@ export class DeliveryEngine {
       wakeAt: (at) => this.scheduleAt(at),
     });
     this.upstream = new UpstreamDeliveries({
-      store,
+      ...attempts,
       leases: this.leases,
-      breakers: this.breakers,
-      now,
-      logger,
-      metrics,
-      retry: { ...DEFAULT_RETRY, ...o.retry },
-      random,
-      ttl: o.ttl,
-      signal: this.abort.signal,
       pusher: o.upstream ?? null,
       run: (entry) => void this.deliver(entry),
     });

@@ -50,6 +50,34 @@ export interface QueuedOptions {
   superseded?: (d: QueuedDelivery) => Promise<boolean>;
 }
 
+/**
+ * Records a new queued delivery durably. When this process takes new work, it holds the
+ * delivery's lease from before the record (so no scan claims it meanwhile) and starts it at once
+ * with `run`; when the record fails it holds nothing and throws.
+ */
+export async function recordQueued(
+  o: { store: Store; leases: Leases; run: (entry: Entry<QueuedDelivery>) => void },
+  d: Omit<QueuedDelivery, "lease">,
+): Promise<void> {
+  const { leases } = o;
+  const lease = leases.forNewWork();
+  const held = lease.owner !== "";
+  const value: QueuedDelivery = held ? { ...d, lease } : d;
+  if (held) leases.hold(queuedKey(value));
+  const beat = leases.heartbeat();
+  let entry: Entry<QueuedDelivery>;
+  try {
+    entry = await o.store.queue.put(value, held ? beat : undefined);
+  } catch (err) {
+    leases.unhold(queuedKey(value));
+    throw err;
+  }
+  if (held) {
+    leases.beaten(beat);
+    o.run(entry);
+  }
+}
+
 /** The key under which this process holds a queued delivery. */
 export function queuedKey(d: QueuedDelivery): string {
   return `q:${d.dueAt}:${d.id}`;
@@ -60,15 +88,12 @@ export class QueuedDeliveries {
 
   /** Queues a single delivery to one client and sends it at once. */
   async enqueue(clientId: string, payload: StoredPayload, options: EnqueueOptions): Promise<void> {
-    const { leases } = this.o;
     const now = this.o.now();
     const ttl = options.ttl ?? this.o.ttl;
     // RFC 8030 §5.2: TTL 0 means "now or never"; one second of lifetime lets the first attempt
     // run, and that attempt still carries TTL 0.
     const lifetimeMs = Math.max(1, ttl) * 1000;
-    const lease = leases.forNewWork();
-    const held = lease.owner !== "";
-    const d: QueuedDelivery = {
+    await recordQueued(this.o, {
       id: newId(now),
       dueAt: now,
       clientId,
@@ -81,21 +106,7 @@ export class QueuedDeliveries {
       attempts: 0,
       createdAt: now,
       expiresAt: now + lifetimeMs,
-      ...(held ? { lease } : {}),
-    };
-    if (held) leases.hold(queuedKey(d));
-    const beat = leases.heartbeat();
-    let entry: Entry<QueuedDelivery>;
-    try {
-      entry = await this.o.store.queue.put(d, held ? beat : undefined);
-    } catch (err) {
-      leases.unhold(queuedKey(d));
-      throw err;
-    }
-    if (held) {
-      leases.beaten(beat);
-      this.o.run(entry);
-    }
+    });
   }
 
   /** Sends one claimed queued delivery and records its end in one guarded atomic. */

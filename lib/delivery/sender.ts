@@ -34,19 +34,24 @@ export type Attempted = Omit<QueuedDelivery, "id" | "dueAt" | "clientId" | "ttl"
   ttl?: number;
 };
 
-export interface SenderOptions {
+/** What makes and follows up single attempts, to local transports or to the upstream. */
+export interface AttemptContext {
   store: Store;
-  transports: Partial<Record<TransportId, Transport>>;
   breakers: Breakers;
   now: Clock;
   logger: Logger;
   metrics: Metrics;
+  /** Backoff (the upstream retries until the TTL, whatever `maxAttempts` says). */
   retry: RetryPolicy;
   random: () => number;
-  /** `RELAY_TTL` in seconds. */
+  /** `RELAY_TTL` in seconds: also how long a relayed message is worth retrying. */
   ttl: number;
   /** Aborts every request in flight (shutdown). */
   signal: AbortSignal;
+}
+
+export interface SenderOptions extends AttemptContext {
+  transports: Partial<Record<TransportId, Transport>>;
 }
 
 /** A plain `scheme://host[:port]` start of an absolute http(s) URL (lower-case ASCII host). */

@@ -15,18 +15,14 @@
  * @module
  */
 
-import type { Logger } from "../log.ts";
-import type { Metrics } from "../metrics.ts";
 import type { DeadLetter, Entry, PushMessage, QueuedDelivery, ViaHop } from "../model.ts";
-import type { Store } from "../store/mod.ts";
 import { sizedBatches, utf8Length } from "../store/kv.ts";
-import type { Clock } from "../time.ts";
 import type { DeliveryOutcome } from "../transports/types.ts";
-import type { Breakers } from "./breaker.ts";
 import { newId } from "./ids.ts";
 import type { Leases } from "./leases.ts";
-import { queuedKey } from "./queued.ts";
-import { nextStep, type RetryPolicy } from "./retry.ts";
+import { recordQueued } from "./queued.ts";
+import { nextStep } from "./retry.ts";
+import type { AttemptContext } from "./sender.ts";
 
 /** The transport label of upstream deliveries in metrics and logs, and their breaker key. */
 export const UPSTREAM = "upstream";
@@ -52,20 +48,9 @@ export interface UpstreamPusher {
   ): Promise<UpstreamPushResult>;
 }
 
-export interface UpstreamDeliveriesOptions {
-  store: Store;
+/** Upstream deliveries are retried until their TTL: `retry.maxAttempts` does not apply. */
+export interface UpstreamDeliveriesOptions extends AttemptContext {
   leases: Leases;
-  breakers: Breakers;
-  now: Clock;
-  logger: Logger;
-  metrics: Metrics;
-  /** Backoff; `maxAttempts` does not apply: upstream deliveries are retried until their TTL. */
-  retry: RetryPolicy;
-  random: () => number;
-  /** `RELAY_TTL` in seconds: how long a relayed message is worth retrying. */
-  ttl: number;
-  /** Aborts the requests in flight (shutdown). */
-  signal: AbortSignal;
   /** Null when no upstream is configured (deliveries left by an earlier configuration). */
   pusher: UpstreamPusher | null;
   /** Starts sending a delivery this process holds. */
@@ -110,7 +95,6 @@ export class UpstreamDeliveries {
   async accept(app: string, messages: PushMessage[], options: RelayOptions): Promise<void> {
     if (messages.length === 0) return;
     const { via } = options;
-    const { leases, store } = this.o;
     const now = this.o.now();
     const wire = messages.map(wireMessage);
     const batches = sizedBatches(
@@ -120,9 +104,7 @@ export class UpstreamDeliveries {
       BATCH_MESSAGES,
     );
     for (const batch of batches) {
-      const lease = leases.forNewWork();
-      const held = lease.owner !== "";
-      const d: QueuedDelivery = {
+      await recordQueued(this.o, {
         id: newId(now),
         dueAt: now,
         clientId: "",
@@ -134,21 +116,7 @@ export class UpstreamDeliveries {
         createdAt: now,
         expiresAt: now + Math.max(1, this.o.ttl) * 1000,
         upstream: { app, via },
-        ...(held ? { lease } : {}),
-      };
-      if (held) leases.hold(queuedKey(d));
-      const beat = leases.heartbeat();
-      let entry: Entry<QueuedDelivery>;
-      try {
-        entry = await store.queue.put(d, held ? beat : undefined);
-      } catch (err) {
-        leases.unhold(queuedKey(d));
-        throw err;
-      }
-      if (held) {
-        leases.beaten(beat);
-        this.o.run(entry);
-      }
+      });
     }
     this.o.metrics.pushesReceived.inc({}, options.received ?? messages.length);
   }

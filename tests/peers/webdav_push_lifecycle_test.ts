@@ -17,6 +17,7 @@ import {
   davx5RegisterNext,
   eventually,
   POLL_SECONDS,
+  postXml,
   type PushEndpoint,
   type RadicaleStack,
   startRadicaleStack,
@@ -28,19 +29,8 @@ if (!hasRadicale) console.warn("webdav_push_lifecycle_test.ts: skipped, radicale
 const POLL_WAIT_MS = POLL_SECONDS * 2000 + 500;
 const IN_3_DAYS = () => Date.now() + 3 * 86400_000;
 
-function post(s: RadicaleStack, path: string, body: string, auth: string | null = s.alice) {
-  return fetch(s.bridge.url + path, {
-    method: "POST",
-    headers: {
-      ...(auth ? { authorization: auth } : {}),
-      "content-type": "application/xml; charset=UTF-8",
-    },
-    body,
-  });
-}
-
 async function registered(s: RadicaleStack, path: string, sub: PushEndpoint): Promise<string> {
-  const res = await post(s, path, davx5Register(sub, IN_3_DAYS()));
+  const res = await postXml(s, path, davx5Register(sub, IN_3_DAYS()));
   assert.equal(res.status, 201, await res.clone().text());
   await res.body?.cancel();
   return res.headers.get("location")!;
@@ -82,11 +72,11 @@ Deno.test({
         "the caller's own read access is asked of Radicale: none is 401 with its WWW-Authenticate, bob on alice's calendar 403, and nothing is registered",
         async () => {
           const sub = await push.subscribe(s.vapid);
-          const anonymous = await post(s, paths.cal1, davx5Register(sub, IN_3_DAYS()), null);
+          const anonymous = await postXml(s, paths.cal1, davx5Register(sub, IN_3_DAYS()), null);
           assert.equal(anonymous.status, 401);
           assert.match(anonymous.headers.get("www-authenticate")!, /^Basic realm=/);
           await anonymous.body?.cancel();
-          const wrong = await post(
+          const wrong = await postXml(
             s,
             paths.cal1,
             davx5Register(sub, IN_3_DAYS()),
@@ -94,7 +84,7 @@ Deno.test({
           );
           assert.equal(wrong.status, 401);
           await wrong.body?.cancel();
-          const bob = await post(
+          const bob = await postXml(
             s,
             paths.cal1,
             davx5Register(sub, IN_3_DAYS()),
@@ -131,7 +121,7 @@ Deno.test({
             ["/alice/", davx5Register(sub, IN_3_DAYS()), "push-not-available"],
           ];
           for (const [path, body, condition] of cases) {
-            const res = await post(s, path, body);
+            const res = await postXml(s, path, body);
             assert.equal(res.status, 403, condition);
             assert.equal(res.headers.get("content-type"), "application/xml; charset=utf-8");
             assert.equal(await res.text(), pushErrorXml(condition as "invalid-subscription"));
@@ -174,7 +164,7 @@ Deno.test({
           ];
           const before = await upstreamState(s);
           for (const [body, status] of bodies) {
-            const res = await post(s, paths.cal1, body);
+            const res = await postXml(s, paths.cal1, body);
             assert.equal(res.status, status, body.slice(0, 60));
             await res.body?.cancel();
           }

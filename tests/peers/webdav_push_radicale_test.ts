@@ -28,6 +28,7 @@ import {
   davx5RegisterNext,
   eventually,
   POLL_SECONDS,
+  postXml,
   type PushEndpoint,
   type RadicaleStack,
   startCapturingPushService,
@@ -61,18 +62,6 @@ function propstats(xml: string) {
 
 async function text(res: Response): Promise<string> {
   return await res.text();
-}
-
-/** A DAVx⁵-shaped POST of a push-register body to a collection. */
-function register(s: RadicaleStack, path: string, body: string, auth: string | null = s.alice) {
-  return fetch(s.bridge.url + path, {
-    method: "POST",
-    headers: {
-      ...(auth ? { authorization: auth } : {}),
-      "content-type": "application/xml; charset=UTF-8",
-    },
-    body,
-  });
 }
 
 async function syncToken(s: RadicaleStack, path: string): Promise<string> {
@@ -223,7 +212,7 @@ Deno.test({
         async () => {
           subA = await push.subscribe(s.vapid);
           const asked = Math.floor((Date.now() + 3 * 86400_000) / 1000) * 1000;
-          const res = await register(s, paths.cal1, davx5Register(subA, asked));
+          const res = await postXml(s, paths.cal1, davx5Register(subA, asked));
           assert.equal(res.status, 201, await res.clone().text());
           assert.equal(await text(res), "");
           locA = res.headers.get("location")!;
@@ -231,7 +220,7 @@ Deno.test({
           const expires = parseHttpDate(res.headers.get("expires")!)!;
           assert.ok(expires >= asked && expires <= asked + 2000, res.headers.get("expires")!);
           // DAVx⁵ registers again after each collection refresh, without a DELETE.
-          const again = await register(s, paths.cal1, davx5Register(subA, asked + 60_000, "n7"));
+          const again = await postXml(s, paths.cal1, davx5Register(subA, asked + 60_000, "n7"));
           assert.equal(again.status, 201);
           await again.body?.cancel();
           assert.equal(again.headers.get("location"), locA);
@@ -244,7 +233,7 @@ Deno.test({
         "§Subscription Registration: the newer DAVx⁵ body (content-encoding, trigger content-update depth 1) is accepted too",
         async () => {
           subB = await push.subscribe(s.vapid);
-          const res = await register(
+          const res = await postXml(
             s,
             paths.cal1,
             davx5RegisterNext(subB, Date.now() + 3 * 86400_000),
@@ -252,7 +241,7 @@ Deno.test({
           assert.equal(res.status, 201);
           await res.body?.cancel();
           locB = res.headers.get("location")!;
-          const resC = await register(
+          const resC = await postXml(
             s,
             paths.cal1,
             davx5Register(subC, Date.now() + 3 * 86400_000),
@@ -387,7 +376,7 @@ Deno.test({
       await t.step(
         "MOVE through the proxy (Destination given Radicale's origin) notifies both calendars once; one push resource may be registered on two collections",
         async () => {
-          const onCal2 = await register(
+          const onCal2 = await postXml(
             s,
             paths.cal2,
             davx5Register(subA, Date.now() + 3 * 86400_000),

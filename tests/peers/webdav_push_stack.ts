@@ -214,6 +214,23 @@ const MKCOL_BOOK =
   `<?xml version="1.0" encoding="utf-8"?><D:mkcol xmlns:D="DAV:" xmlns:CR="urn:ietf:params:xml:ns:carddav"><D:set><D:prop><D:resourcetype><D:collection/><CR:addressbook/></D:resourcetype><D:displayname>Contacts</D:displayname></D:prop></D:set></D:mkcol>`;
 
 /** Radicale with alice's collections, the relay, web-push-testing and the bridge. */
+/** A DAVx⁵-shaped POST of a push-register (or other XML) body to a collection, as `auth`. */
+export function postXml(
+  s: RadicaleStack,
+  path: string,
+  body: string,
+  auth: string | null = s.alice,
+): Promise<Response> {
+  return fetch(s.bridge.url + path, {
+    method: "POST",
+    headers: {
+      ...(auth ? { authorization: auth } : {}),
+      "content-type": "application/xml; charset=UTF-8",
+    },
+    body,
+  });
+}
+
 export async function startRadicaleStack(): Promise<RadicaleStack> {
   const cleanup: (() => Promise<unknown>)[] = [];
   try {
