@@ -427,7 +427,8 @@ async function ingestRuns(
     rate,
     awaitDeliveries: true,
   });
-  results.ingest.push({ coalesce: 0, r: { ...open, of: "fan-out" } });
+  // Without a fan-out in this run (`--only=ingest`), half the closed loop's rate.
+  results.ingest.push({ coalesce: 0, r: { ...open, of: fan ? "fan-out" : "closed" } });
   // The same at a rate the relay sustains (half its closed loop's): latency without overload.
   const sustained = Math.round(closed.rate / 2);
   log(`single-subscriber pushes, open loop at ${sustained}/s (half the closed loop's)`);
