@@ -51,10 +51,7 @@ const TICK_MS = 1000;
 let kv: Deno.Kv | undefined;
 let relay: Relay | undefined;
 let ticker: ReturnType<typeof setInterval> | undefined;
-const tick = () =>
-  relay?.engine.tick().catch((err) =>
-    logger.log("error", "tick.error", { error: describeError(err) })
-  ) ?? Promise.resolve();
+const tick = () => relay?.tick() ?? Promise.resolve();
 
 /** Opens KV and builds the relay; returns what stopped it (empty once it runs). */
 async function start(): Promise<string[]> {

@@ -71,6 +71,8 @@ export interface Relay {
   transports: TransportInfo[];
   /** The gateway this relay relays to (`RELAY_UPSTREAM_URL`), with its status; null: none. */
   upstream: Upstream | null;
+  /** One pass of the background work (`engine.tick`); a failure is logged, never thrown. */
+  tick(): Promise<void>;
 }
 
 /** Keys and secrets: from the config when set, else generated once and kept in KV. */
@@ -249,6 +251,8 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     logger,
     ...options.ingress,
   });
+  const tick = () =>
+    engine.tick().catch((err) => logger.log("error", "tick.error", { error: describeError(err) }));
   const admin = new Admin({
     store,
     metrics,
@@ -261,10 +265,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     startedAt,
     // The relaying client's reachability (README "Relaying to another gateway").
     ...(upstream ? { upstream: () => upstream.status() } : {}),
-    wake: () =>
-      void engine.tick().catch((err) =>
-        logger.log("error", "tick.error", { error: describeError(err) })
-      ),
+    wake: () => void tick(),
   });
   const app = createApp({
     config,
@@ -294,6 +295,7 @@ export async function createRelay(options: RelayOptions): Promise<Relay> {
     vapidPublicKey: vapid.publicKey,
     transports: infos,
     upstream,
+    tick,
   };
 }
 

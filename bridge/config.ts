@@ -16,7 +16,7 @@ function base64(bytes: Uint8Array): string {
 }
 
 /** RFC 4648 §5 base64url, without padding. */
-function base64Url(bytes: Uint8Array): string {
+export function base64Url(bytes: Uint8Array): string {
   return base64(bytes).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 

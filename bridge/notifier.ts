@@ -36,19 +36,13 @@ export interface NotifierOptions {
   gateway: GatewayClient;
   now: () => number;
   logger: Logger;
-  /** Called after the relay took a push of `c`, with whether it had subscribers. */
-  onPushed?: (c: BridgeCollection, subscribers: boolean) => void;
+  /** Called after the relay took a push of `c`. */
+  onPushed?: (c: BridgeCollection) => void;
 }
 
 export class Notifier {
   readonly #pending = new Map<number, Pending>();
   constructor(private readonly o: NotifierOptions) {}
-
-  /** Whether a push of `c` is waiting to be retried (and none is being sent). */
-  hasRetry(c: BridgeCollection): boolean {
-    const p = this.#pending.get(c.index);
-    return p !== undefined && !p.inFlight;
-  }
 
   /** Sends the push waiting for `c`, if any. */
   async retry(c: BridgeCollection): Promise<void> {
@@ -91,7 +85,7 @@ export class Notifier {
         "self-suppressed": clientId !== undefined,
         "no-subscribers": noSubscribers.length > 0,
       });
-      this.o.onPushed?.(c, noSubscribers.length === 0);
+      this.o.onPushed?.(c);
     } catch (err) {
       entry.inFlight = false;
       logger.log("warn", "push-failed", { collection: c.index, error: (err as Error).message });

@@ -46,9 +46,9 @@ const HOP_BY_HOP = [
 ];
 
 /** Largest request body read to be passed with its `Content-Length`. */
-export const BUFFERED_BODY_LIMIT = 64 * 1024 * 1024;
+const BUFFERED_BODY_LIMIT = 64 * 1024 * 1024;
 /** Largest XML answer rewritten; a larger one is passed on unchanged. */
-export const REWRITE_LIMIT = 64 * 1024 * 1024;
+const REWRITE_LIMIT = 64 * 1024 * 1024;
 
 function withoutHopByHop(h: Headers): Headers {
   const out = new Headers(h);
@@ -61,7 +61,7 @@ function withoutHopByHop(h: Headers): Headers {
 }
 
 /** The request's headers as they go upstream. */
-export function upstreamHeaders(req: Request, o: ProxyOptions): Headers {
+function upstreamHeaders(req: Request, o: ProxyOptions): Headers {
   const h = withoutHopByHop(req.headers);
   h.delete("content-length");
   h.set("accept-encoding", "identity");
@@ -129,7 +129,8 @@ export async function forward(
   }
 }
 
-function isXml(contentType: string | null): boolean {
+/** True for `application/xml`, `text/xml` and any `+xml` type, with any parameters. */
+export function isXml(contentType: string | null): boolean {
   const type = (contentType ?? "").split(";")[0]!.trim().toLowerCase();
   return type === "application/xml" || type === "text/xml" || type.endsWith("+xml");
 }

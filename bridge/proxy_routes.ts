@@ -29,6 +29,7 @@ import type { Notifier } from "./notifier.ts";
 import {
   clientResponse,
   forward,
+  isXml,
   type ProxyOptions,
   readUpTo,
   rejoin,
@@ -61,9 +62,8 @@ const WRITES = new Set(["PUT", "DELETE", "MOVE", "COPY", "PROPPATCH"]);
 const OWN = /^\/(?:collections(?:\/|$)|subscribe$|push-subscriptions(?:\/|$)|healthz$)/;
 
 function isXmlBody(req: Request): boolean {
-  const type = (req.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
-  return type === "" || type === "application/xml" || type === "text/xml" ||
-    type.endsWith("+xml");
+  const t = req.headers.get("content-type");
+  return (t ?? "").split(";")[0]!.trim() === "" || isXml(t);
 }
 
 /** Adds the proxy to `app`: `DELETE /push-subscriptions/{id}`, then every other path. */

@@ -19,13 +19,10 @@
  * @module
  */
 
+import { base64Url } from "./config.ts";
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function b64url(bytes: Uint8Array): string {
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
-    .replace(/=+$/, "");
-}
 
 function fromB64url(text: string): Uint8Array<ArrayBuffer> {
   const bin = atob(text.replaceAll("-", "+").replaceAll("_", "/"));
@@ -83,7 +80,7 @@ export async function openPushStore(kv: Deno.Kv, secret?: string): Promise<PushS
       text = kept.value;
       break;
     }
-    const fresh = b64url(crypto.getRandomValues(new Uint8Array(32)));
+    const fresh = base64Url(crypto.getRandomValues(new Uint8Array(32)));
     const res = await kv.atomic().check(kept).set(["bridge-secret"], fresh).commit();
     if (res.ok) text = fresh;
   }
@@ -113,7 +110,7 @@ export class PushStore {
 
   private async mac(label: string, value: string): Promise<string> {
     const tag = await crypto.subtle.sign("HMAC", this.macKey, encoder.encode(`${label}\0${value}`));
-    return b64url(new Uint8Array(tag)).slice(0, 32);
+    return base64Url(new Uint8Array(tag)).slice(0, 32);
   }
 
   private async seal(text: string): Promise<string> {
@@ -126,7 +123,7 @@ export class PushStore {
     const out = new Uint8Array(12 + ct.byteLength);
     out.set(iv);
     out.set(new Uint8Array(ct), 12);
-    return b64url(out);
+    return base64Url(out);
   }
 
   private async unseal(sealed: string): Promise<string> {
@@ -174,12 +171,10 @@ export class PushStore {
     return out;
   }
 
-  /** How many registrations use a relay client, leaving out the one with key `except`. */
-  async usersOf(relayClientId: string, except?: string): Promise<number> {
+  /** How many registrations use a relay client. */
+  async usersOf(relayClientId: string): Promise<number> {
     let n = 0;
-    for await (const e of this.kv.list({ prefix: ["wp-client", relayClientId] })) {
-      if (e.key[2] !== except) n++;
-    }
+    for await (const _ of this.kv.list({ prefix: ["wp-client", relayClientId] })) n++;
     return n;
   }
 

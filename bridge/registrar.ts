@@ -18,7 +18,7 @@
 
 import { type GatewayClient, GatewayError } from "../dav/gateway_client.ts";
 import type { WebPushSubscription } from "../dav/webdav_push.ts";
-import type { BridgeCollection } from "./config.ts";
+import { base64Url, type BridgeCollection } from "./config.ts";
 import type { Logger } from "./log.ts";
 import type { PushStore, Registration } from "./push_store.ts";
 import { type RelayApi, RelayApiError } from "./relay_api.ts";
@@ -292,7 +292,5 @@ export class Registrar {
 
 /** A registration id: 192 random bits, base64url. */
 function newId(): string {
-  const bytes = crypto.getRandomValues(new Uint8Array(24));
-  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_")
-    .replace(/=+$/, "");
+  return base64Url(crypto.getRandomValues(new Uint8Array(24)));
 }

@@ -67,6 +67,8 @@ interface Propstat {
 interface ResponseState {
   href: string | undefined;
   hrefEnd: number;
+  /** The push properties it gets (set when its href closes); undefined: none. */
+  props?: ReadonlyMap<string, string> | undefined;
   propstats: Propstat[];
   current?: Propstat | undefined;
 }
@@ -142,20 +144,21 @@ export function rewriteXml(text: string, options: RewriteOptions): string {
       if (parent?.name === RESPONSE && response && response.href === undefined) {
         response.href = el.text;
         response.hrefEnd = end;
+        response.props = options.pushProperties?.(hrefPath(el.text, options));
       }
     } else if (el.name === STATUS && parent?.name === PROPSTAT && ps) {
       ps.status = statusCode(el.text);
     } else if (el.name === PROP && parent?.name === PROPSTAT && ps) {
       ps.prop = { openEnd: el.openEnd, closeStart, selfClosing: el.selfClosing, qname: el.qname };
     } else if (parent?.name === PROP && stack.at(-2)?.name === PROPSTAT && ps) {
-      if (isPush(el.name, response, options)) ps.push.push({ start: el.start, end });
+      if (response?.props?.has(el.name)) ps.push.push({ start: el.start, end });
       else ps.others++;
     } else if (el.name === PROPSTAT && parent?.name === RESPONSE && response && ps) {
       ps.end = end;
       response.propstats.push(ps);
       response.current = undefined;
     } else if (el.name === RESPONSE && stack.length === 1 && response) {
-      edits.push(...responseEdits(response, options));
+      edits.push(...responseEdits(response));
       response = undefined;
     }
   });
@@ -168,12 +171,6 @@ export function rewriteXml(text: string, options: RewriteOptions): string {
   return splice(text, edits);
 }
 
-/** Whether `name` is one of the push properties this response gets (its href comes first). */
-function isPush(name: string, r: ResponseState | undefined, o: RewriteOptions): boolean {
-  if (!r || !o.pushProperties || r.href === undefined) return false;
-  return o.pushProperties(hrefPath(r.href, o))?.has(name) ?? false;
-}
-
 function hrefPath(href: string, o: RewriteOptions): string {
   try {
     return canonicalPath(href, o.upstreamOrigin + "/");
@@ -183,9 +180,8 @@ function hrefPath(href: string, o: RewriteOptions): string {
 }
 
 /** The edits that give a watched collection's response its push properties. */
-function responseEdits(r: ResponseState, o: RewriteOptions): Edit[] {
-  if (r.href === undefined || !o.pushProperties) return [];
-  const props = o.pushProperties(hrefPath(r.href, o));
+function responseEdits(r: ResponseState): Edit[] {
+  const props = r.props;
   if (!props || props.size === 0) return [];
   const insert = [...props.values()].join("");
   const ok = r.propstats.find((ps) =>

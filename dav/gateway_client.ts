@@ -317,9 +317,7 @@ export class GatewayClient {
         const out: Record<string, unknown> = { topic: m.topic };
         if (m.priority !== undefined) out.priority = m.priority;
         out.timestamp = m.timestamp;
-        if (m.clientId !== undefined) {
-          out["client-id"] = typeof m.clientId === "string" ? m.clientId : [...m.clientId];
-        }
+        if (m.clientId !== undefined) out["client-id"] = m.clientId;
         if (m.syncToken !== undefined) out["sync-token"] = m.syncToken;
         return out;
       });

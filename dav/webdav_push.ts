@@ -309,7 +309,6 @@ export function parsePushDontNotify(value: string | readonly string[] | null): D
   return { all: false, urls };
 }
 
-const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
 const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 const IMF =
   /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d{2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT$/;
@@ -348,9 +347,5 @@ export function parseHttpDate(text: string, now?: number): number | undefined {
 
 /** Formats epoch ms as an IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`. */
 export function formatHttpDate(ms: number): string {
-  const d = new Date(ms);
-  const two = (n: number) => String(n).padStart(2, "0");
-  return `${DAYS[d.getUTCDay()]}, ${two(d.getUTCDate())} ${MONTHS[d.getUTCMonth()]} ` +
-    `${String(d.getUTCFullYear()).padStart(4, "0")} ${two(d.getUTCHours())}:` +
-    `${two(d.getUTCMinutes())}:${two(d.getUTCSeconds())} GMT`;
+  return new Date(ms).toUTCString();
 }

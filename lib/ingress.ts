@@ -20,10 +20,11 @@
  */
 
 import { MAX_TTL } from "./config.ts";
+import { HEADER_BYTES } from "./crypto/ece_record.ts";
 import { verifyVapid } from "./crypto/vapid.ts";
 import { importVerifyKey } from "./crypto/vapid.ts";
 import type { DeliveryEngine } from "./delivery/engine.ts";
-import { decodeBase64Url, encodeBase64Url, randomToken, utf8 } from "./encoding.ts";
+import { bytesEqual, decodeBase64Url, encodeBase64Url, randomToken, utf8 } from "./encoding.ts";
 import { RelayError } from "./errors.ts";
 import type { Logger } from "./log.ts";
 import type { QueuedDelivery, Registration } from "./model.ts";
@@ -40,18 +41,12 @@ export const MAX_INGRESS_BODY_BYTES = 4096;
 export const MAX_INGRESS_TTL = MAX_TTL;
 
 /**
- * RFC 8188 §2.1 header: salt (16) + rs (4) + idlen (1) + keyid; RFC 8291 §4 puts the sender's
- * 65-byte uncompressed P-256 point in keyid, so the header is 86 bytes.
- */
-const AES128GCM_HEADER_BYTES = 16 + 4 + 1 + 65;
-
-/**
  * The shortest body that can be an RFC 8291 message: the 86-byte header plus one record,
  * which holds at least the padding delimiter octet (RFC 8188 §2: every record carries one)
  * encrypted, followed by the 16-byte AEAD_AES_128_GCM tag: 86 + 1 + 16 = 103 (an empty
  * plaintext). Anything shorter cannot be decrypted by any receiver.
  */
-export const MIN_INGRESS_BODY_BYTES = AES128GCM_HEADER_BYTES + 1 + 16;
+export const MIN_INGRESS_BODY_BYTES = HEADER_BYTES + 1 + 16;
 
 /**
  * RFC 8030 §5.3 Urgency → CC/CD 70025 priority, chosen in the middle of each band of
@@ -308,11 +303,4 @@ export class Ingress {
       ttl: m.ttl,
     };
   }
-}
-
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
-  return diff === 0;
 }

@@ -195,7 +195,7 @@ export class Registrations {
         "This client-data does not belong to that client-id",
       );
     }
-    await this.o.store.registrations.remove(clientId, null);
+    await this.o.store.registrations.remove(clientId);
     this.o.logger.log("info", "registration.deleted", { client: clientId });
   }
 }

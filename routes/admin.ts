@@ -9,11 +9,10 @@
 
 import { type Context, Hono, type MiddlewareHandler } from "hono";
 import type { Admin, DeadLetterQuery } from "../lib/admin.ts";
-import { timingSafeEqual } from "../lib/encoding.ts";
 import { RelayError } from "../lib/errors.ts";
 import { TRANSPORT_IDS, type TransportId } from "../lib/transports/types.ts";
 import { adminPage } from "./admin_page.ts";
-import { parseBearer, unauthorized } from "./auth.ts";
+import { requireBearer } from "./auth.ts";
 
 export interface AdminRouteOptions {
   /** `RELAY_ADMIN_TOKEN`; null: the admin API is off. */
@@ -22,21 +21,15 @@ export interface AdminRouteOptions {
 }
 
 /** Requires `Authorization: Bearer <token>`, or answers `401` with `WWW-Authenticate`. */
-export function adminAuth(options: { token: string }): MiddlewareHandler {
+function adminAuth(options: { token: string }): MiddlewareHandler {
   return async function adminAuth(c, next) {
-    const presented = parseBearer(c.req.header("authorization"));
-    if (presented === null) throw unauthorized("Authorization: Bearer <admin token> is required");
-    if (!timingSafeEqual(presented, options.token)) throw unauthorized("Wrong admin token");
+    requireBearer(
+      c,
+      options.token,
+      "Authorization: Bearer <admin token> is required",
+      "Wrong admin token",
+    );
     await next();
-  };
-}
-
-/** A `405` naming the methods a known path serves. */
-function methodNotAllowed(allow: string) {
-  return function methodNotAllowed(): never {
-    throw new RelayError(405, "method-not-allowed", `This path serves ${allow}`, {}, {
-      Allow: allow,
-    });
   };
 }
 
@@ -80,17 +73,14 @@ export function adminRoutes(options: AdminRouteOptions): Hono {
     const page = await adminPage();
     return c.body(page.html, 200, page.headers);
   });
-  app.all("/admin", methodNotAllowed("GET, HEAD"));
 
   app.get("/admin/status", auth, async function adminStatus(c) {
     return c.json(await admin.status());
   });
-  app.all("/admin/status", methodNotAllowed("GET, HEAD"));
 
   app.get("/admin/dead-letters", auth, async function listDeadLetters(c) {
     return c.json(await admin.deadLetters(parseQuery(c)));
   });
-  app.all("/admin/dead-letters", methodNotAllowed("GET, HEAD"));
 
   app.post("/admin/dead-letters/:id/retry", auth, async function retryDeadLetter(c) {
     const result = await admin.retry(c.req.param("id"));
@@ -103,7 +93,6 @@ export function adminRoutes(options: AdminRouteOptions): Hono {
         return c.json({ error: { code: "not-retryable", message: result.message } }, 409);
     }
   });
-  app.all("/admin/dead-letters/:id/retry", methodNotAllowed("POST"));
 
   app.delete("/admin/dead-letters/:id", auth, async function deleteDeadLetter(c) {
     if (!(await admin.remove(c.req.param("id")))) {
@@ -111,6 +100,5 @@ export function adminRoutes(options: AdminRouteOptions): Hono {
     }
     return c.body(null, 204);
   });
-  app.all("/admin/dead-letters/:id", methodNotAllowed("DELETE"));
   return app;
 }

@@ -28,6 +28,21 @@ export function parseBearer(header: string | undefined): string | null {
   return m ? m[1]! : null;
 }
 
+/**
+ * Requires `Authorization: Bearer <token>`, or throws `401` with `WWW-Authenticate`:
+ * `missingMessage` without a bearer token, `wrongMessage` with another one.
+ */
+export function requireBearer(
+  c: Context,
+  token: string,
+  missingMessage: string,
+  wrongMessage: string = missingMessage,
+): void {
+  const presented = parseBearer(c.req.header("authorization"));
+  if (presented === null) throw unauthorized(missingMessage);
+  if (!timingSafeEqual(presented, token)) throw unauthorized(wrongMessage);
+}
+
 /** Returns the calling app, or throws 401 with `WWW-Authenticate: Bearer`. */
 export function authenticateApp(
   c: Context,

@@ -116,7 +116,7 @@ async function readAll(
 }
 
 /** True when a Content-Encoding header says the body is sent as is (absent or `identity`). */
-export function isIdentityEncoding(value: string | undefined): boolean {
+function isIdentityEncoding(value: string | undefined): boolean {
   return value === undefined ||
     value.split(",").every((v) => v.trim().toLowerCase() === "identity");
 }

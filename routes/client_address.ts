@@ -21,7 +21,7 @@ export interface ClientAddressOptions {
 }
 
 /** The connection's remote address as Deno.serve reports it, or null (e.g. in `app.request`). */
-export function remoteAddress(c: Context): string | null {
+function remoteAddress(c: Context): string | null {
   const env = c.env as { remoteAddr?: { hostname?: unknown } } | undefined;
   const host = env?.remoteAddr?.hostname;
   return typeof host === "string" ? host : null;

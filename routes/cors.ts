@@ -12,10 +12,10 @@
 import type { Context, Hono, MiddlewareHandler } from "hono";
 
 /** How long a browser may cache a preflight answer (Chromium caps it at 2 hours). */
-export const CORS_MAX_AGE_SECONDS = 7200;
+const CORS_MAX_AGE_SECONDS = 7200;
 
 /** The client API paths browsers may call, and the methods of each. */
-export const CORS_PATHS: readonly { path: string; methods: string[] }[] = [
+const CORS_PATHS: readonly { path: string; methods: string[] }[] = [
   { path: "/registrations", methods: ["POST"] },
   { path: "/registrations/:clientId", methods: ["DELETE"] },
   { path: "/transports", methods: ["GET", "HEAD"] },

@@ -6,9 +6,8 @@
  */
 
 import { Hono } from "hono";
-import { timingSafeEqual } from "../lib/encoding.ts";
 import type { AppDeps } from "./mod.ts";
-import { parseBearer, unauthorized } from "./auth.ts";
+import { requireBearer } from "./auth.ts";
 
 export function healthRoutes(deps: AppDeps): Hono {
   const app = new Hono();
@@ -19,10 +18,7 @@ export function healthRoutes(deps: AppDeps): Hono {
   const token = deps.config.metricsToken;
   app.get("/metrics", async function metrics(c) {
     if (token !== null) {
-      const given = parseBearer(c.req.header("authorization"));
-      if (given === null || !timingSafeEqual(given, token)) {
-        throw unauthorized("/metrics requires Authorization: Bearer <RELAY_METRICS_TOKEN>");
-      }
+      requireBearer(c, token, "/metrics requires Authorization: Bearer <RELAY_METRICS_TOKEN>");
     }
     // One KV read per scrape (a counter kept with the records), never a scan. When storage
     // does not answer, the other metrics are still served, with the last count.

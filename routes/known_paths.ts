@@ -18,7 +18,7 @@ interface Known {
 }
 
 /** What request logs show for a path that matches no route. */
-export const UNMATCHED_PATH = "<unmatched>";
+const UNMATCHED_PATH = "<unmatched>";
 
 const LOGGED_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]);
 

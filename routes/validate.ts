@@ -16,9 +16,9 @@ export const MAX_MESSAGES = 1000;
 export const MAX_TOPIC_CHARS = 256;
 export const MAX_CLIENT_ID_CHARS = 256;
 /** README "The gateway protocol": `client-id` may be an array of at most this many. */
-export const MAX_CLIENT_IDS = 100;
+const MAX_CLIENT_IDS = 100;
 /** README "The gateway protocol": the longest `sync-token`, in characters. */
-export const MAX_SYNC_TOKEN_CHARS = 1024;
+const MAX_SYNC_TOKEN_CHARS = 1024;
 
 // C0, DEL and C1 control characters.
 // deno-lint-ignore no-control-regex

@@ -145,8 +145,8 @@ Deno.test("Active subscriptions: the KV counter follows subscribe, refresh, unsu
     ]);
     assert.equal(await store.subscriptions.count(), 498);
     await Promise.all([
-      store.registrations.remove("c2", null),
-      store.registrations.remove("c2", null),
+      store.registrations.remove("c2"),
+      store.registrations.remove("c2"),
     ]);
     assert.equal(await store.subscriptions.count(), 248);
     await Promise.all([

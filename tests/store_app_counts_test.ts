@@ -43,7 +43,7 @@ Deno.test("Per-app counts follow subscribe, refresh, unsubscribe, client removal
     assert.deepEqual(await counts(store, "a"), { subscriptions: 1, registrations: 1 });
     // Removing a client (pruning, unregistering) ends it in every app.
     await subs.upsert("a", "c1", "web-push", ["t3"], T0 + HOUR, T0);
-    await store.registrations.remove("c1", null);
+    await store.registrations.remove("c1");
     assert.deepEqual(await counts(store, "a"), { subscriptions: 1, registrations: 1 });
     assert.deepEqual(await counts(store, "b"), { subscriptions: 0, registrations: 0 });
     // The sweep (CC/CD 70025 §6.2.1.6) removes expired ones.
@@ -69,12 +69,12 @@ Deno.test("Per-app counts stay exact when writers race on one client and app", a
     await Promise.all([
       subs.remove("a", "c1", topics("x", 30)),
       subs.remove("a", "c1", topics("x", 30)),
-      store.registrations.remove("c2", null),
-      store.registrations.remove("c2", null),
+      store.registrations.remove("c2"),
+      store.registrations.remove("c2"),
     ]);
     assert.deepEqual(await counts(store, "a"), { subscriptions: 30, registrations: 1 });
     await Promise.all([
-      store.registrations.remove("c1", null),
+      store.registrations.remove("c1"),
       subs.remove("a", "c1", topics("y", 30)),
       subs.sweepExpired(T0 + HOUR, 1000),
     ]);
@@ -94,7 +94,7 @@ Deno.test("Per-app counts keep every atomic within KV's 100 checks: many topics,
     }
     assert.deepEqual(await counts(store, "a"), { subscriptions: 370, registrations: 121 });
     // One client in two apps: 370 subscriptions, removed in atomics of 50 with their pairs.
-    assert.equal((await store.registrations.remove("c1", null)).length, 370);
+    assert.equal((await store.registrations.remove("c1")).length, 370);
     assert.deepEqual(await counts(store, "a"), { subscriptions: 120, registrations: 120 });
     assert.deepEqual(await counts(store, "b"), { subscriptions: 0, registrations: 0 });
     // 120 clients' subscriptions expire at once: 120 pairs in the sweep.
@@ -125,7 +125,7 @@ Deno.test("Subscriptions stored before the per-app counters are counted once ref
     assert.deepEqual(await counts(store, "a"), { subscriptions: 1, registrations: 1 });
     // Uncounted ones going never drive a counter below what it counted.
     await store.subscriptions.remove("a", "c2", ["t1"]);
-    await store.registrations.remove("c1", null);
+    await store.registrations.remove("c1");
     assert.deepEqual(await counts(store, "a"), { subscriptions: 0, registrations: 0 });
     assert.equal(await store.subscriptions.sweepExpired(T0 + HOUR, 1000), 1);
     assert.deepEqual(await counts(store, "a"), { subscriptions: 0, registrations: 0 });

@@ -14,7 +14,7 @@
 import { randomBytes, utf8 } from "../encoding.ts";
 import { nodeSymmetric, RECORD_SIZE, sealRecord, type Symmetric } from "./ece_record.ts";
 import type { EphemeralKeyPool } from "./key_pool.ts";
-import { libcrypto } from "./p256_ffi.ts";
+import { requireLibcrypto } from "./p256_ffi.ts";
 import {
   chosenP256Backend,
   type EphemeralKeyPair,
@@ -82,10 +82,7 @@ export interface EncryptWebPushOptions {
 
 /** HKDF and AES-GCM for a backend: libcrypto's with "ffi", else `node:crypto`'s. */
 function symmetricFor(backend: P256Backend): Symmetric {
-  if (backend !== "ffi") return nodeSymmetric;
-  const status = libcrypto();
-  if (!status.ok) throw new Error(`Cannot encrypt on libcrypto: ${status.reason}`);
-  return status.lib.symmetric;
+  return backend === "ffi" ? requireLibcrypto().symmetric : nodeSymmetric;
 }
 
 /**

@@ -20,8 +20,8 @@ import {
   type KeyObject,
 } from "node:crypto";
 import process from "node:process";
-import { decodeBase64Url, encodeBase64Url, viewBytes as bytes } from "../encoding.ts";
-import { libcrypto, type LibcryptoStatus } from "./p256_ffi.ts";
+import { bytesEqual, decodeBase64Url, encodeBase64Url, viewBytes as bytes } from "../encoding.ts";
+import { libcrypto, type LibcryptoStatus, requireLibcrypto } from "./p256_ffi.ts";
 
 const ECDH_P256: EcKeyImportParams = { name: "ECDH", namedCurve: "P-256" };
 
@@ -87,13 +87,6 @@ function nodeKeyPair(): EphemeralKeyPair {
   return { publicKey: pointOf(pair.publicKey), ...nodeAgree(pair.privateKey) };
 }
 
-/** The loaded libcrypto, or an error saying why there is none. */
-function ffi() {
-  const status = libcrypto();
-  if (!status.ok) throw new Error(`Cannot use P-256 on libcrypto: ${status.reason}`);
-  return status.lib;
-}
-
 function webCryptoAgree(privateKey: CryptoKey): EphemeralKeyPair["agree"] {
   return async (ua) => {
     const uaKey = await crypto.subtle.importKey("raw", ua as BufferSource, ECDH_P256, false, []);
@@ -130,7 +123,7 @@ function pkcs8CarriesPoint(): Promise<boolean> {
       const raw = new Uint8Array(await crypto.subtle.exportKey("raw", pair.publicKey));
       const der = new Uint8Array(await crypto.subtle.exportKey("pkcs8", pair.privateKey));
       const point = pkcs8PublicPoint(der);
-      return point !== null && point.length === raw.length && point.every((b, i) => b === raw[i]);
+      return point !== null && bytesEqual(point, raw);
     } catch {
       return false;
     }
@@ -159,7 +152,7 @@ export async function generateEphemeralKeyPair(
 
 /** A fresh key pair without waiting, on the synchronous backends (libcrypto, node); else null. */
 export function ephemeralKeyPairNow(backend: P256Backend): EphemeralKeyPair | null {
-  if (backend === "ffi") return ffi().keyPair();
+  if (backend === "ffi") return requireLibcrypto().keyPair();
   return backend === "node" ? nodeKeyPair() : null;
 }
 
@@ -253,7 +246,7 @@ export async function importEphemeralKeyPair(
       `Cannot import ECDH key pair: private key must be 32 bytes, got ${privateKey.length}`,
     );
   }
-  if (backend === "ffi") return ffi().importKeyPair(publicKey, privateKey);
+  if (backend === "ffi") return requireLibcrypto().importKeyPair(publicKey, privateKey);
   if (backend === "node") {
     // The public point computed from `d`, so a mismatched pair is refused.
     const ecdh = createECDH("prime256v1");

@@ -22,6 +22,7 @@
 import { concat } from "../encoding.ts";
 import { selfTest } from "./p256_ffi_check.ts";
 import type { Symmetric } from "./ece_record.ts";
+import type { EphemeralKeyPair } from "./p256.ts";
 
 /**
  * Where libcrypto 3 is looked for, in this order, on Linux: Debian and Ubuntu (merged `/usr`
@@ -98,15 +99,11 @@ const NID_X9_62_PRIME256V1 = 415;
 const POINT_CONVERSION_UNCOMPRESSED = 4;
 const EVP_CTRL_GCM_GET_TAG = 0x10;
 
-/** A sender key pair on libcrypto (lib/crypto/p256.ts `EphemeralKeyPair`, synchronous too). */
-export interface FfiKeyPair {
-  readonly publicKey: Uint8Array;
-  agree(uaPublic: Uint8Array): Promise<Uint8Array>;
-  agreeSync(uaPublic: Uint8Array): Uint8Array;
-  /** `agree` refuses a point off the curve itself (OpenSSL's `EC_POINT_oct2point`). */
-  readonly checksPoint: true;
-  dispose(): void;
-}
+/**
+ * A sender key pair on libcrypto: synchronous, and `agree` refuses a point off the curve itself
+ * (OpenSSL's `EC_POINT_oct2point`).
+ */
+export type FfiKeyPair = Required<EphemeralKeyPair> & { readonly checksPoint: true };
 
 /** OpenSSL's libcrypto, loaded and checked in this isolate. */
 export interface Libcrypto {
@@ -372,4 +369,10 @@ const loaded: LibcryptoStatus = loadLibcrypto();
 /** libcrypto as this isolate loaded it (or why it did not). */
 export function libcrypto(): LibcryptoStatus {
   return loaded;
+}
+
+/** The loaded libcrypto, for a caller that chose the "ffi" backend; throws why there is none. */
+export function requireLibcrypto(): Libcrypto {
+  if (!loaded.ok) throw new Error(`Cannot use libcrypto: ${loaded.reason}`);
+  return loaded.lib;
 }

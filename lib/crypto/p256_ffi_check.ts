@@ -8,7 +8,7 @@
  */
 
 import { createECDH } from "node:crypto";
-import { decodeBase64Url, viewBytes as bytes } from "../encoding.ts";
+import { bytesEqual as equal, decodeBase64Url, utf8, viewBytes as bytes } from "../encoding.ts";
 import { sealRecord } from "./ece_record.ts";
 import type { Libcrypto } from "./p256_ffi.ts";
 
@@ -28,10 +28,6 @@ export const RFC8291_APPENDIX_A = {
     "pK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN",
 };
 
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
 /** Null when libcrypto passes; else what failed. */
 export function selfTest(lib: Libcrypto): string | null {
   const v = RFC8291_APPENDIX_A;
@@ -43,7 +39,7 @@ export function selfTest(lib: Libcrypto): string | null {
     asPublic: pair.publicKey,
     authSecret: decodeBase64Url(v.authSecret),
     salt: decodeBase64Url(v.salt),
-    plaintext: new TextEncoder().encode(v.plaintext),
+    plaintext: utf8(v.plaintext),
   });
   if (!equal(body, decodeBase64Url(v.body))) return "RFC 8291 Appendix A body differs";
 

@@ -296,9 +296,7 @@ export class Accepter {
     }
     if (mine.length > 0) leases.beaten(beat);
     for (const r of mine) {
-      // A record for some openers only (`only`) reads those; the others start from the list.
-      const list = r.only === undefined ? listed.get(r.topic) : undefined;
-      this.o.fanOut({ key: keys.outbox(r.id), value: r, versionstamp }, list);
+      this.o.fanOut({ key: keys.outbox(r.id), value: r, versionstamp }, listed.get(r.topic));
     }
     return true;
   }

@@ -139,7 +139,8 @@ export class FanOut {
 
   /**
    * `listed`: the topic's whole subscriber list, read after the push arrived (the push's
-   * look-up), for a fan-out that has not started yet; its pages come from that list.
+   * look-up); its pages come from that list unless the fan-out already started or is for a
+   * window's openers only (`only`), which it reads itself.
    */
   constructor(
     private readonly o: FanOutOptions,
@@ -148,7 +149,7 @@ export class FanOut {
   ) {
     this.entry = start;
     this.m = start.value;
-    if (start.value.cursor !== null) this.listed = undefined;
+    if (start.value.cursor !== null || start.value.only !== undefined) this.listed = undefined;
   }
 
   private settle(state: State): void {
@@ -245,16 +246,20 @@ export class FanOut {
    */
   private sharedPayloads(): SharedPayloads {
     const m = this.m;
+    let text: StoredPayload | undefined;
     return {
       json: m.trailing ? null : { kind: "json", data: updatePayload(m) },
-      text: { kind: "text", text: webdavPushMessage(m.topic, m.syncToken) },
+      // Built once, when the first WebDAV-Push subscriber needs it (most messages have none).
+      get text() {
+        return text ??= { kind: "text", text: webdavPushMessage(m.topic, m.syncToken) };
+      },
     };
   }
 
   private async readPage(after: string | null, limit: number): Promise<Page> {
     const { store } = this.o;
     let subscribers: readonly Subscriber[];
-    if (this.listed && this.m.only === undefined) {
+    if (this.listed) {
       // The look-up's list, in pages as a KV listing would give them (client-id order).
       const from = after === null ? 0 : this.listed.findIndex((s) => s.clientId > after);
       const page = from < 0 ? [] : this.listed.slice(from, from + limit);
@@ -313,7 +318,7 @@ export class FanOut {
     const reg = prefetched ?? await this.o.store.registrations.get(s.clientId);
     if (!reg) {
       // Subscriptions whose registration is gone (a race with pruning): clean them up.
-      await this.o.store.registrations.remove(s.clientId, null);
+      await this.o.store.registrations.remove(s.clientId);
       return;
     }
     // README "The client API": the update in the format the registration asked for.

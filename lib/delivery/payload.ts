@@ -5,7 +5,7 @@
  */
 
 import { MAX_PLAINTEXT_BYTES } from "../crypto/ece.ts";
-import type { ClientIds, PayloadFormat, Registration, StoredPayload } from "../model.ts";
+import type { ClientIds, PayloadFormat, Registration } from "../model.ts";
 
 /** The device payload of an update (README "The gateway protocol"). */
 export function updatePayload(
@@ -49,16 +49,6 @@ export function webdavPushMessage(topic: string, syncToken?: string): string {
     if (encoder.encode(full).length <= MAX_PLAINTEXT_BYTES) return full;
   }
   return head + "<content-update/>" + tail;
-}
-
-/** What a registration gets for an update, in the format it asked for. */
-export function updateFor(
-  reg: Registration,
-  m: { topic: string; timestamp: string; priority: number; syncToken?: string | undefined },
-): StoredPayload {
-  return payloadFormat(reg) === "webdav-push"
-    ? { kind: "text", text: webdavPushMessage(m.topic, m.syncToken) }
-    : { kind: "json", data: updatePayload(m) };
 }
 
 /** Percent-decodes a client id; one that is not valid percent-encoding is taken as is. */

@@ -10,7 +10,6 @@ import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics.ts";
 import type { DeadLetter, QueuedDelivery, Registration } from "../model.ts";
 import type { Store } from "../store/mod.ts";
-import { targetHash } from "../targets.ts";
 import type { Clock } from "../time.ts";
 import type {
   DeliveryOutcome,
@@ -215,7 +214,7 @@ export class Sender {
   private async prune(reg: Registration, outcome: DeliveryOutcome): Promise<void> {
     const tid = reg.target.transport;
     this.o.metrics.deliveries.inc({ transport: tid, outcome: "pruned" });
-    await this.o.store.registrations.remove(reg.clientId, await targetHash(reg.target));
+    await this.o.store.registrations.remove(reg.clientId);
     this.o.logger.log("info", "client.pruned", {
       client: reg.clientId,
       transport: tid,

@@ -39,16 +39,11 @@ export class ActiveReads {
   constructor(private readonly kv: Kv) {}
 
   /**
-   * True when (app, topic) has at least one unexpired subscription. Concurrent calls for one
-   * topic share a read that starts after all of them were made (so none sees older data than a
-   * read of its own would) instead of one read each: under load every KV read waits for the
-   * commit in progress.
+   * Whether (app, topic) has an unexpired subscription, with a small topic's subscriber list.
+   * Concurrent calls for one topic share a read that starts after all of them were made (so
+   * none sees older data than a read of its own would) instead of one read each: under load
+   * every KV read waits for the commit in progress.
    */
-  async hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
-    return (await this.lookUp(app, topic, now)).active;
-  }
-
-  /** {@link hasActiveSubscriber}, with a small topic's subscriber list. */
   lookUp(app: string, topic: string, now: number): Promise<TopicLookUp> {
     const key = `${app}\u0000${topic}`;
     return new Promise<TopicLookUp>((resolve, reject) => {

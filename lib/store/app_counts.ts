@@ -66,11 +66,6 @@ export class AppCountPlan {
     this.deltas.set(k, d);
   }
 
-  /** How many checks `apply` adds (one per changed pair). */
-  get checks(): number {
-    return [...this.deltas.values()].filter((d) => d.delta !== 0).length;
-  }
-
   /** Adds the checked pair writes and the app counters' sums to `op`. */
   apply(op: Deno.AtomicOperation): void {
     const subscriptions = new Map<string, number>();

@@ -21,7 +21,6 @@ import { UpstreamStore } from "./upstream.ts";
 import { WorkerStore } from "./workers.ts";
 
 export { type Advance, type OutboxWrite, type WindowWrite } from "./outbox.ts";
-export { type NewRegistration } from "./bulk.ts";
 export { type FollowUp } from "./queue.ts";
 export { type IngressMarker } from "./ingress.ts";
 export {
@@ -30,9 +29,6 @@ export {
   type StoredBootstrap,
   type StoredPushUrl,
 } from "./upstream.ts";
-export { type SweepResult } from "./lifetimes.ts";
-export { LISTED_TOPIC_MAX, type TopicLookUp } from "./active_reads.ts";
-export { INGRESS_GONE_MS, type RegistrationLife } from "./registrations.ts";
 export { isBusy, Kv, sizedBatches } from "./kv.ts";
 export { keys } from "./keys.ts";
 

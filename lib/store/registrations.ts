@@ -74,11 +74,6 @@ export class RegistrationStore {
     return out;
   }
 
-  /** The client id stored under a device-index hash, if any. */
-  async findByTarget(targetHash: string): Promise<string | null> {
-    return (await this.kv.get<string>(keys.registrationByTarget(targetHash))).value;
-  }
-
   /**
    * Creates or renews the registration of a device, in one checked atomic: the device found
    * by `identity` (its hash, else its legacy hash when `sameDevice` says so) is `existing`;
@@ -153,13 +148,10 @@ export class RegistrationStore {
    * §7.3) for {@linkcode INGRESS_GONE_MS}. Returns the (app, topic) pairs it removed.
    * Idempotent.
    */
-  async remove(
-    clientId: string,
-    targetHash: string | null,
-  ): Promise<{ app: string; topic: string }[]> {
+  async remove(clientId: string): Promise<{ app: string; topic: string }[]> {
     const removed = await this.subscriptions.removeAllOf(clientId);
     await untilCommitted(
-      async () => (await this.removeRecords(clientId, targetHash, [])) || undefined,
+      async () => (await this.removeRecords(clientId, [])) || undefined,
       () => {
         throw new Error("Cannot remove the registration: it kept changing");
       },
@@ -174,14 +166,10 @@ export class RegistrationStore {
    */
   async removeUnlessChanged(clientId: string, unless: Unchanged): Promise<boolean> {
     await this.subscriptions.removeAllOf(clientId);
-    return await this.removeRecords(clientId, null, unless);
+    return await this.removeRecords(clientId, unless);
   }
 
-  private async removeRecords(
-    clientId: string,
-    targetHash: string | null,
-    unless: Unchanged,
-  ): Promise<boolean> {
+  private async removeRecords(clientId: string, unless: Unchanged): Promise<boolean> {
     await this.removeIngressTopics(clientId);
     const [reg, life] = await this.kv.getMany<unknown>([
       keys.registration(clientId),
@@ -191,7 +179,6 @@ export class RegistrationStore {
       .delete(keys.registrationLife(clientId)).delete(keys.clientActiveUntil(clientId));
     if (life.value) op.delete(keys.lifetimeCheck(life.value.checkAt, clientId));
     const hashes = new Set(reg.value ? await targetHashes(reg.value.target) : []);
-    if (targetHash) hashes.add(targetHash);
     const indexes = await this.kv.getMany<string>(
       [...hashes].map((h) => keys.registrationByTarget(h)),
     );

@@ -234,8 +234,8 @@ export class SubscriptionStore {
    * True when (app, topic) has at least one unexpired subscription; concurrent calls for one
    * topic share a read (active_reads.ts).
    */
-  hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
-    return this.activeReads.hasActiveSubscriber(app, topic, now);
+  async hasActiveSubscriber(app: string, topic: string, now: number): Promise<boolean> {
+    return (await this.activeReads.lookUp(app, topic, now)).active;
   }
 
   /**

@@ -26,6 +26,7 @@ import {
   type Target,
   type Transport,
 } from "./types.ts";
+import { untilAborted } from "../async/abort.ts";
 
 /** FCM's upper bound for `android.ttl` (4 weeks). */
 const MAX_FCM_TTL = 2_419_200;
@@ -147,13 +148,13 @@ export function createFcmTransport(options: FcmTransportOptions): FcmTransport {
     if (signal?.aborted) return { kind: "retry", reason: "aborted" };
     const body = JSON.stringify(fcmRequestBody(target.token, message));
     try {
-      let token = await withSignal(tokens.accessToken(), signal);
+      let token = await untilAborted(tokens.accessToken(), signal);
       let res = await post(token, body, signal);
       if (res.status === 401) {
         // An access token revoked or expired early: fetch a new one once and try again.
         await res.body?.cancel();
         tokens.invalidate(token);
-        token = await withSignal(tokens.accessToken(), signal);
+        token = await untilAborted(tokens.accessToken(), signal);
         res = await post(token, body, signal);
         if (res.status === 401) logger.log("error", "fcm.auth.rejected", { status: 401 });
       }
@@ -172,26 +173,6 @@ export function createFcmTransport(options: FcmTransportOptions): FcmTransport {
       return tokens.requests;
     },
   };
-}
-
-/** Settles with `promise`, or rejects as soon as `signal` aborts (the promise stays shared). */
-function withSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    promise.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
 }
 
 interface FcmErrorBody {

@@ -51,13 +51,8 @@ import {
   socketOpener,
 } from "./http1_socket.ts";
 
-export {
-  type Connect,
-  type ConnectionPolicy,
-  EndpointRefused,
-  ProtocolMismatch,
-} from "./http1_socket.ts";
-export { HeaderBlock } from "./http1_wire.ts";
+export { type Connect, type ConnectionPolicy, EndpointRefused } from "./http1_socket.ts";
+export { HeaderBlock, ProtocolMismatch } from "./http1_wire.ts";
 
 /** A push service's answer: the status and its headers. */
 export interface PostResponse {

@@ -11,9 +11,7 @@
  */
 
 import { checkHost, connectionRefusal, type HostCheck, type Resolver } from "../address_policy.ts";
-import { ProtocolMismatch } from "./http1_wire.ts";
-
-export { ProtocolMismatch };
+import { untilAborted } from "../async/abort.ts";
 
 /** Opens a TCP connection to an IP address the endpoint policy allowed. */
 export type Connect = (address: { hostname: string; port: number }) => Promise<Deno.TcpConn>;
@@ -64,20 +62,6 @@ export async function checkEndpoint(
   await untilAborted(allowedAddresses(url, (h) => checkHost(h, resolve)), signal);
 }
 
-/** Settles with `work`, or rejects with `signal`'s reason first (for work with no resource). */
-function untilAborted<T>(work: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
-  if (!signal) return work;
-  if (signal.aborted) {
-    work.catch(() => {});
-    return Promise.reject(signal.reason);
-  }
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-    work.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
-  });
-}
-
 const denoConnect: Connect = (address) => Deno.connect(address);
 
 /**
@@ -92,7 +76,7 @@ function noDelay(tcp: Deno.TcpConn): Deno.TcpConn {
 }
 
 /** Settles with `work`, or throws `signal`'s reason first; a late resource is then closed. */
-export function abortable<T extends { close(): void }>(
+function abortable<T extends { close(): void }>(
   work: Promise<T>,
   signal: AbortSignal | undefined,
 ): Promise<T> {
