@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import type { DeadLetter } from "../lib/model.ts";
 import { createSealer } from "../lib/seal.ts";
 import { keys } from "../lib/store/mod.ts";
-import { APP2_TOKEN, type Harness, harness, settle } from "./_harness.ts";
+import { APP2_TOKEN, type Harness, harness, settle, T0 } from "./_harness.ts";
 import { ADMIN, admin, json, refused } from "./_admin.ts";
 import { listDeadLetters, listDeliveries } from "./_inspect.ts";
 
@@ -16,6 +16,9 @@ import { listDeadLetters, listDeliveries } from "./_inspect.ts";
 async function topicHash(app: string, topic: string): Promise<string> {
   return await (await createSealer(new Uint8Array(32).fill(7))).topicHash(app, topic);
 }
+
+/** A time on the harness clock as the admin API writes it (RFC 3339, whole seconds). */
+const at = (ms: number) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, "Z");
 
 /** Three dead letters (app1 at T0, app2 at T0+1s, app1 at T0+2s) and one from an older relay. */
 async function deadLetters(h: Harness) {
@@ -63,10 +66,10 @@ Deno.test("Admin dead letters: newest first, with app, transport, topic hash, at
     assert.deepEqual(
       list.map((d: Record<string, unknown>) => [d.app, d["client-id"], d["dead-at"]]),
       [
-        ["app1", d1["client-id"], "2026-11-24T09:00:02Z"],
-        ["app2", d2["client-id"], "2026-11-24T09:00:01Z"],
-        ["app1", d1["client-id"], "2026-11-24T09:00:00Z"],
-        [null, d1["client-id"], new Date(old.deadAt).toISOString().replace(/\.\d{3}Z$/, "Z")],
+        ["app1", d1["client-id"], at(T0 + 2000)],
+        ["app2", d2["client-id"], at(T0 + 1000)],
+        ["app1", d1["client-id"], at(T0)],
+        [null, d1["client-id"], at(old.deadAt)],
       ],
     );
     const [newest] = list;
@@ -82,9 +85,9 @@ Deno.test("Admin dead letters: newest first, with app, transport, topic hash, at
       "last-status": 400,
       reason: "refused",
       "last-error": "push service answered 400",
-      "created-at": "2026-11-24T09:00:02Z",
-      "dead-at": "2026-11-24T09:00:02Z",
-      "expires-at": "2026-11-25T09:00:02Z",
+      "created-at": at(T0 + 2000),
+      "dead-at": at(T0 + 2000),
+      "expires-at": at(T0 + 86400_000 + 2000),
       retryable: true,
     });
     // The older record lists with what it has.
