@@ -76,6 +76,9 @@ async function start(): Promise<string[]> {
       },
     });
   } catch (err) {
+    // A later retry opens KV again: this one must not stay open.
+    kv.close();
+    kv = undefined;
     exitOnConfigError(err);
   }
   if (!platformCron) ticker = setInterval(tick, TICK_MS);

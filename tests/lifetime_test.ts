@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { encodeBase64Url } from "../lib/encoding.ts";
-import { keys } from "../lib/store/mod.ts";
+import { createStore, keys } from "../lib/store/mod.ts";
 import type { Registration } from "../lib/model.ts";
 import { targetHash } from "../lib/targets.ts";
 import { aes128gcmShaped, type Harness, harness } from "./_harness.ts";
@@ -188,5 +188,43 @@ Deno.test("Lifetime: one sweep looks at a bounded number of registrations; the n
     assert.equal((await h.dump()).filter((l) => l.startsWith('["reg')).length, 0);
   } finally {
     await h.close();
+  }
+});
+
+Deno.test("Lifetime: a client that subscribes while the sweep is removing it keeps its registration and what it subscribed to", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const now = Date.now();
+    const store = createStore(kv, { now: () => now });
+    const reg: Registration = {
+      clientId: "racing-client",
+      target: {
+        transport: "web-push",
+        endpoint: "https://push.example.com/r",
+        p256dh: "p",
+        auth: "a",
+      },
+      createdAt: now,
+    };
+    await store.bulk.registrations([{ reg, targetHash: await targetHash(reg.target) }]);
+    await store.subscriptions.upsert("app1", reg.clientId, "web-push", ["t1"], now + 3600_000, now);
+    // What the sweep read before it decided to remove the client...
+    const [life, active] = await kv.getMany<unknown[]>([
+      keys.registrationLife(reg.clientId),
+      keys.clientActiveUntil(reg.clientId),
+    ]);
+    // ...then the client subscribes again before the removal runs.
+    await store.subscriptions.upsert("app1", reg.clientId, "web-push", ["t2"], now + 7200_000, now);
+    assert.equal(
+      await store.registrations.removeUnlessChanged(reg.clientId, [life!, active!]),
+      false,
+    );
+    assert.deepEqual(
+      (await listClientSubscriptions(store, reg.clientId)).map((s) => s.topic).sort(),
+      ["t1", "t2"],
+    );
+    assert.ok((await store.registrations.getMany([reg.clientId])).has(reg.clientId));
+  } finally {
+    kv.close();
   }
 });

@@ -165,6 +165,10 @@ export class RegistrationStore {
    * registration itself stays.
    */
   async removeUnlessChanged(clientId: string, unless: Unchanged): Promise<boolean> {
+    // Checked before the subscriptions go too, not only in the final atomic: a client that
+    // subscribed meanwhile keeps what it just subscribed to.
+    const now = await this.kv.getMany<unknown>(unless.map((e) => e.key));
+    if (now.some((e, i) => e.versionstamp !== unless[i]!.versionstamp)) return false;
     await this.subscriptions.removeAllOf(clientId);
     return await this.removeRecords(clientId, unless);
   }
