@@ -63,6 +63,41 @@ Deno.test("Encryption pool: a p256dh off the curve is refused by a worker with a
   }
 });
 
+Deno.test("Encryption pool: jobs handed to a worker together each get their own body or error (a bad key fails only its own message)", async () => {
+  const pool = createEncryptionPool({ maxWorkers: 1, startAt: 1 });
+  try {
+    const ua = userAgent();
+    await pool.encrypt({ plaintext: "warm", uaPublic: ua.uaPublic, authSecret: ua.auth });
+    for (let i = 0; i < 2400 && pool.workers < 1; i++) await new Promise((r) => setTimeout(r, 25));
+    assert.equal(pool.workers, 1);
+    const bad = ua.uaPublic.slice();
+    bad[64] = bad[64]! ^ 1;
+    // 150 at once: two go over alone, the rest wait and go in batches of up to 64.
+    const results = await Promise.allSettled(
+      Array.from({ length: 150 }, (_, i) =>
+        pool.encrypt({
+          plaintext: `message ${i}`,
+          uaPublic: i % 37 === 5 ? bad : ua.uaPublic,
+          authSecret: ua.auth,
+        })),
+    );
+    results.forEach((r, i) => {
+      if (i % 37 === 5) {
+        assert.equal(r.status, "rejected", `message ${i}`);
+        assert.match((r as PromiseRejectedResult).reason.message, /p256dh is not a point/);
+      } else {
+        assert.equal(r.status, "fulfilled", `message ${i}`);
+        assert.equal(
+          decryptWithHttpEce((r as PromiseFulfilledResult<Uint8Array>).value, ua),
+          `message ${i}`,
+        );
+      }
+    });
+  } finally {
+    await pool.close();
+  }
+});
+
 Deno.test("Encryption pool: a single message is encrypted inline (no worker started), and after close() too", async () => {
   const pool = createEncryptionPool({ maxWorkers: 2 });
   const ua = userAgent();

@@ -108,6 +108,71 @@ Deno.test("bounded() answers retry at once when the queue is full, and when the 
   assert.equal(t.inFlight, 0);
 });
 
+Deno.test("bounded() gives each send its own deadline: a later send outlives an earlier one's timeout, an answer in time is kept", async () => {
+  const never = Promise.withResolvers<DeliveryOutcome>();
+  const signals: AbortSignal[] = [];
+  let answerNext: ((o: DeliveryOutcome) => void) | undefined;
+  const t = bounded({
+    id: "fcm",
+    send(_target, _message, signal) {
+      signals.push(signal!);
+      if (signals.length === 2) {
+        const answered = Promise.withResolvers<DeliveryOutcome>();
+        answerNext = answered.resolve;
+        return answered.promise;
+      }
+      return never.promise;
+    },
+  }, { concurrency: 3, timeoutMs: 200 });
+  let lateSettled = false;
+  const early = t.send(FCM_TARGET, MESSAGE);
+  const inTime = t.send(FCM_TARGET, MESSAGE);
+  await delay(120);
+  const late = t.send(FCM_TARGET, MESSAGE).finally(() => {
+    lateSettled = true;
+  });
+  answerNext!({ kind: "delivered", status: 201 });
+  assert.deepEqual(await inTime, { kind: "delivered", status: 201 });
+  assert.deepEqual(await early, { kind: "retry", reason: "timeout" });
+  // The early send's deadline passed; the late one, started 120 ms after it, still runs.
+  assert.equal(lateSettled, false);
+  assert.equal(signals[0]!.aborted, true);
+  assert.equal(signals[2]!.aborted, false);
+  assert.deepEqual(await late, { kind: "retry", reason: "timeout" });
+  assert.equal(signals[2]!.aborted, true);
+  assert.equal(signals[1]!.aborted, false, "a send that answered is never aborted");
+  assert.equal(t.inFlight, 0);
+  never.resolve({ kind: "delivered", status: 200 });
+});
+
+Deno.test("bounded() stops every send in flight when the caller's signal fires, and aborts the transport's signals", async () => {
+  const never = Promise.withResolvers<DeliveryOutcome>();
+  const signals: AbortSignal[] = [];
+  const t = bounded({
+    id: "fcm",
+    send(_target, _message, signal) {
+      signals.push(signal!);
+      return never.promise;
+    },
+  }, { concurrency: 4, timeoutMs: 60_000 });
+  const controller = new AbortController();
+  const sends = Array.from({ length: 3 }, () => t.send(FCM_TARGET, MESSAGE, controller.signal));
+  // Another caller's send is not stopped by this caller's signal.
+  const other = new AbortController();
+  const bystander = t.send(FCM_TARGET, MESSAGE, other.signal);
+  await delay(10);
+  controller.abort(new Error("shutting down"));
+  for (const outcome of await Promise.all(sends)) {
+    assert.deepEqual(outcome, { kind: "retry", reason: "aborted" });
+  }
+  assert.deepEqual(signals.map((s) => s.aborted), [true, true, true, false]);
+  assert.equal(t.inFlight, 1);
+  other.abort();
+  assert.deepEqual(await bystander, { kind: "retry", reason: "aborted" });
+  assert.equal(t.inFlight, 0);
+  never.resolve({ kind: "delivered", status: 200 });
+});
+
 Deno.test("bounded() turns a transport that throws into a retry", async () => {
   const t = bounded(stubTransport(() => Promise.reject(new Error("bug"))), {
     concurrency: 1,

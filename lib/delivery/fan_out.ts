@@ -132,6 +132,8 @@ export class FanOut {
   private state: State = "sending";
   private readonly pending: Item[] = [];
   private chain: Promise<void> = Promise.resolve();
+  /** A plain flush is queued and has not started: it will see what finishes until then. */
+  private flushQueued = false;
   private lastCommit = performance.now();
   /** Whether its messages are `bulk` (decided by the first page). */
   private bulk = false;
@@ -370,9 +372,20 @@ export class FanOut {
     return message;
   }
 
-  /** Commits the finished subscribers at the head of `pending`, one commit at a time. */
+  /**
+   * Commits the finished subscribers at the head of `pending`, one commit at a time. A plain
+   * flush (one per finished send) is queued only when none is waiting to start already.
+   */
   private flush(options: Flush = {}): Promise<void> {
-    this.chain = this.chain.then(() => this.commit(options)).catch((err) => {
+    const plain = !options.force && !options.done && !options.touch;
+    if (plain) {
+      if (this.flushQueued) return this.chain;
+      this.flushQueued = true;
+    }
+    this.chain = this.chain.then(() => {
+      if (plain) this.flushQueued = false;
+      return this.commit(options);
+    }).catch((err) => {
       this.settle("broken");
       this.o.logger.log("error", "fanout.commit_error", {
         message: this.m.id,

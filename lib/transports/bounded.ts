@@ -33,11 +33,97 @@ export interface BoundedTransport extends Transport {
   close(): void | Promise<void>;
 }
 
+/** One send in flight: what its deadline or an outer abort must do to it. */
+interface InFlight {
+  readonly deadline: number;
+  readonly controller: AbortController;
+  /** Ends the caller's wait (the first call wins). */
+  settle: (outcome: DeliveryOutcome) => void;
+  done: boolean;
+}
+
+/**
+ * The deadlines of one transport's sends. Every send has the same time limit, so deadlines
+ * come in the order the sends start: a FIFO with one timer, armed for the oldest send still in
+ * flight, replaces a timer per send (and a send that ends is only marked; the timer skips it).
+ */
+class Deadlines {
+  private readonly queue: InFlight[] = [];
+  private head = 0;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+
+  add(entry: InFlight): void {
+    this.queue.push(entry);
+    if (this.timer === undefined) this.arm();
+  }
+
+  private arm(): void {
+    while (this.head < this.queue.length && this.queue[this.head]!.done) this.head++;
+    if (this.head > 1024 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+    const next = this.queue[this.head];
+    if (!next) {
+      this.queue.length = this.head = 0;
+      return;
+    }
+    this.timer = setTimeout(() => this.fire(), Math.max(0, next.deadline - performance.now()));
+  }
+
+  private fire(): void {
+    this.timer = undefined;
+    const now = performance.now();
+    while (this.head < this.queue.length) {
+      const entry = this.queue[this.head]!;
+      if (!entry.done && entry.deadline > now) break;
+      this.head++;
+      if (entry.done) continue;
+      entry.controller.abort(
+        new DOMException("Push service did not answer in time", "TimeoutError"),
+      );
+      entry.settle({ kind: "retry", reason: "timeout" });
+    }
+    this.arm();
+  }
+
+  /** Nothing is in flight any more: stops the timer, so the process (or a test) may end. */
+  idle(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.queue.length = this.head = 0;
+  }
+}
+
+/**
+ * Outer signals (usually the relay's one shutdown signal) and the sends they reach: one
+ * listener per signal, not an `addEventListener`/`removeEventListener` pair per send.
+ */
+const watched = new WeakMap<AbortSignal, Set<InFlight>>();
+
+function watch(signal: AbortSignal, entry: InFlight): void {
+  let sends = watched.get(signal);
+  if (!sends) {
+    const set = new Set<InFlight>();
+    sends = set;
+    watched.set(signal, set);
+    signal.addEventListener("abort", () => {
+      for (const e of set) {
+        e.controller.abort(signal.reason);
+        e.settle({ kind: "retry", reason: "aborted" });
+      }
+      set.clear();
+    }, { once: true });
+  }
+  sends.add(entry);
+}
+
 /** Wraps `transport` with a per-transport semaphore and a timeout on every send. */
 export function bounded(transport: Transport, options: BoundedOptions): BoundedTransport {
   const slots = new Semaphore(Math.max(1, Math.floor(options.concurrency)));
   const timeoutMs = options.timeoutMs;
   const maxQueue = options.maxQueue ?? 10_000;
+  const deadlines = new Deadlines();
 
   async function send(
     target: Target,
@@ -51,35 +137,40 @@ export function bounded(transport: Transport, options: BoundedOptions): BoundedT
     if (!(await slots.acquire(signal))) return { kind: "retry", reason: "aborted", local: true };
 
     const controller = new AbortController();
-    let timedOut = false;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const onOuterAbort = () => controller.abort(signal?.reason);
-    signal?.addEventListener("abort", onOuterAbort, { once: true });
-    // Settles when the send must stop waiting, whether or not the transport honours the signal.
-    const stop = new Promise<DeliveryOutcome>((resolve) => {
-      timer = setTimeout(() => {
-        timedOut = true;
-        controller.abort(new DOMException("Push service did not answer in time", "TimeoutError"));
-        resolve({ kind: "retry", reason: "timeout" });
-      }, timeoutMs);
-      controller.signal.addEventListener(
-        "abort",
-        () => resolve({ kind: "retry", reason: timedOut ? "timeout" : "aborted" }),
-        { once: true },
-      );
+    let entry!: InFlight;
+    // Settles when the send ends, times out or is aborted from outside, whichever comes first,
+    // whether or not the transport honours the signal.
+    const outcome = new Promise<DeliveryOutcome>((resolve) => {
+      entry = {
+        deadline: performance.now() + timeoutMs,
+        controller,
+        settle: (o) => {
+          if (entry.done) return;
+          entry.done = true;
+          resolve(o);
+        },
+        done: false,
+      };
     });
+    deadlines.add(entry);
+    if (signal) {
+      watch(signal, entry);
+      // An outer signal that fired while this send waited for its slot has no event left.
+      if (signal.aborted) {
+        controller.abort(signal.reason);
+        entry.settle({ kind: "retry", reason: "aborted" });
+      }
+    }
+    transport.send(target, message, controller.signal).then(
+      entry.settle,
+      (_e) => entry.settle({ kind: "retry", reason: "transport-error" }),
+    );
     try {
-      const outcome = await Promise.race([
-        transport.send(target, message, controller.signal).catch((_e): DeliveryOutcome => ({
-          kind: "retry",
-          reason: "transport-error",
-        })),
-        stop,
-      ]);
-      return timedOut ? { kind: "retry", reason: "timeout" } : outcome;
+      return await outcome;
     } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onOuterAbort);
+      if (signal) watched.get(signal)?.delete(entry);
+      // The last send in flight ends: no deadline is left to watch.
+      if (slots.held === 1) deadlines.idle();
       slots.release();
     }
   }
