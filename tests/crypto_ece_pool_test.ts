@@ -7,8 +7,30 @@
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { createEncryptionPool } from "../lib/crypto/ece_pool.ts";
+import { createEncryptionPool, type Encryptor } from "../lib/crypto/ece_pool.ts";
 import { decryptWithHttpEce, userAgent } from "./_user_agent.ts";
+
+/** Waits for the pool's workers to be ready (up to 60 s: they start slowly on a loaded machine). */
+async function untilWorkers(pool: Encryptor, n: number): Promise<void> {
+  for (let i = 0; i < 2400 && pool.workers < n; i++) await new Promise((r) => setTimeout(r, 25));
+  assert.equal(pool.workers, n);
+}
+
+/** A pool whose one worker is ready, a subscriber, and that subscriber's key moved off the curve. */
+async function oneWorkerPool() {
+  const pool = createEncryptionPool({ maxWorkers: 1, startAt: 1 });
+  const ua = userAgent();
+  try {
+    await pool.encrypt({ plaintext: "warm", uaPublic: ua.uaPublic, authSecret: ua.auth });
+    await untilWorkers(pool, 1);
+  } catch (err) {
+    await pool.close();
+    throw err;
+  }
+  const bad = ua.uaPublic.slice();
+  bad[64] = bad[64]! ^ 1;
+  return { pool, ua, bad };
+}
 
 Deno.test("Encryption pool: under load workers start, and every body decrypts with a fresh sender key (RFC 8291 §3.1)", async () => {
   const pool = createEncryptionPool({ maxWorkers: 2, startAt: 2 });
@@ -22,8 +44,7 @@ Deno.test("Encryption pool: under load workers start, and every body decrypts wi
     // The first burst starts the workers (and is encrypted inline meanwhile).
     await run(16);
     // Workers take a while to start on a loaded machine: wait for them (up to 60 s), then check.
-    for (let i = 0; i < 2400 && pool.workers < 2; i++) await new Promise((r) => setTimeout(r, 25));
-    assert.equal(pool.workers, 2);
+    await untilWorkers(pool, 2);
     const bodies = await run(64);
     const senders = new Set<string>();
     bodies.forEach((body, i) => {
@@ -38,14 +59,8 @@ Deno.test("Encryption pool: under load workers start, and every body decrypts wi
 });
 
 Deno.test("Encryption pool: a p256dh off the curve is refused by a worker with a TypeError naming p256dh", async () => {
-  const pool = createEncryptionPool({ maxWorkers: 1, startAt: 1 });
+  const { pool, ua, bad } = await oneWorkerPool();
   try {
-    const ua = userAgent();
-    await pool.encrypt({ plaintext: "warm", uaPublic: ua.uaPublic, authSecret: ua.auth });
-    for (let i = 0; i < 200 && pool.workers < 1; i++) await new Promise((r) => setTimeout(r, 25));
-    assert.equal(pool.workers, 1);
-    const bad = ua.uaPublic.slice();
-    bad[64] = bad[64]! ^ 1;
     await assert.rejects(
       pool.encrypt({ plaintext: "x", uaPublic: bad, authSecret: ua.auth }),
       (err: Error) =>
@@ -64,14 +79,8 @@ Deno.test("Encryption pool: a p256dh off the curve is refused by a worker with a
 });
 
 Deno.test("Encryption pool: jobs handed to a worker together each get their own body or error (a bad key fails only its own message)", async () => {
-  const pool = createEncryptionPool({ maxWorkers: 1, startAt: 1 });
+  const { pool, ua, bad } = await oneWorkerPool();
   try {
-    const ua = userAgent();
-    await pool.encrypt({ plaintext: "warm", uaPublic: ua.uaPublic, authSecret: ua.auth });
-    for (let i = 0; i < 2400 && pool.workers < 1; i++) await new Promise((r) => setTimeout(r, 25));
-    assert.equal(pool.workers, 1);
-    const bad = ua.uaPublic.slice();
-    bad[64] = bad[64]! ^ 1;
     // 150 at once: two go over alone, the rest wait and go in batches of up to 64.
     const results = await Promise.allSettled(
       Array.from({ length: 150 }, (_, i) =>

@@ -42,6 +42,12 @@ interface InFlight {
   done: boolean;
 }
 
+/** Stops a send: aborts the transport's signal with `why` and ends the caller's wait. */
+function stop(entry: InFlight, why: unknown, outcome: DeliveryOutcome): void {
+  entry.controller.abort(why);
+  entry.settle(outcome);
+}
+
 /**
  * The deadlines of one transport's sends. Every send has the same time limit, so deadlines
  * come in the order the sends start: a FIFO with one timer, armed for the oldest send still in
@@ -79,10 +85,10 @@ class Deadlines {
       if (!entry.done && entry.deadline > now) break;
       this.head++;
       if (entry.done) continue;
-      entry.controller.abort(
-        new DOMException("Push service did not answer in time", "TimeoutError"),
-      );
-      entry.settle({ kind: "retry", reason: "timeout" });
+      stop(entry, new DOMException("Push service did not answer in time", "TimeoutError"), {
+        kind: "retry",
+        reason: "timeout",
+      });
     }
     this.arm();
   }
@@ -108,10 +114,7 @@ function watch(signal: AbortSignal, entry: InFlight): void {
     sends = set;
     watched.set(signal, set);
     signal.addEventListener("abort", () => {
-      for (const e of set) {
-        e.controller.abort(signal.reason);
-        e.settle({ kind: "retry", reason: "aborted" });
-      }
+      for (const e of set) stop(e, signal.reason, { kind: "retry", reason: "aborted" });
       set.clear();
     }, { once: true });
   }
@@ -156,10 +159,7 @@ export function bounded(transport: Transport, options: BoundedOptions): BoundedT
     if (signal) {
       watch(signal, entry);
       // An outer signal that fired while this send waited for its slot has no event left.
-      if (signal.aborted) {
-        controller.abort(signal.reason);
-        entry.settle({ kind: "retry", reason: "aborted" });
-      }
+      if (signal.aborted) stop(entry, signal.reason, { kind: "retry", reason: "aborted" });
     }
     transport.send(target, message, controller.signal).then(
       entry.settle,
