@@ -14,7 +14,13 @@
  */
 
 import { StorageError } from "../errors.ts";
-import { type CommitPart, type CommitResult, GroupCommit, ReadGroup } from "./kv_groups.ts";
+import {
+  type CommitPart,
+  type CommitResult,
+  GroupCommit,
+  ReadGroup,
+  type SubmitOptions,
+} from "./kv_groups.ts";
 
 export { type CommitPart, type CommitResult } from "./kv_groups.ts";
 
@@ -62,9 +68,11 @@ export class Kv {
    * in meanwhile, as if each were committed on its own in turn (lib/store/kv_groups.ts): one
    * KV commit for many small writes. Resolves with the carrying commit's versionstamp, or
    * `ok: false` when the part's own check failed. Each part must fit one atomic by itself.
+   * With `lingerMs`, the part waits up to that long for a part that cannot wait, to share its
+   * commit (for writes nobody but their caller waits on).
    */
-  commitGrouped(part: CommitPart): Promise<CommitResult> {
-    return this.groups.submit(part);
+  commitGrouped(part: CommitPart, options: SubmitOptions = {}): Promise<CommitResult> {
+    return this.groups.submit(part, options);
   }
 
   /** Groups committed so far and the parts they carried. */

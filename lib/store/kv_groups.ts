@@ -12,6 +12,12 @@
  * reason, each part is committed again on its own, in order: only a part whose own check fails
  * gets `ok: false`, and only a part whose own commit throws rejects.
  *
+ * A part may also wait a few milliseconds for company (`lingerMs`): nothing waits on it but
+ * its own caller (the deletion of a finished message, say), so rather than a commit of its own
+ * it goes with the next part that cannot wait, or alone once its time is up. On a relay taking
+ * a steady stream of small pushes, each new push's record then carries the deletion of the
+ * one before it: one commit per push instead of two.
+ *
  * @module
  */
 
@@ -52,8 +58,15 @@ export interface GroupCommitOptions {
   limits?: GroupLimits;
 }
 
+/** How long a part may wait for company, and how long at most (milliseconds). */
+export interface SubmitOptions {
+  lingerMs?: number;
+}
+
 interface Queued {
   part: CommitPart;
+  /** `performance.now()` time by which it goes, with company or alone (0: at once). */
+  due: number;
   cost: GroupLimits;
   checked: string[];
   written: string[];
@@ -65,6 +78,12 @@ interface Queued {
 export class GroupCommit {
   private readonly queue: Queued[] = [];
   private running = false;
+  /** Armed while only lingering parts wait: it commits them when the first one is due. */
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  /** When that timer fires (`performance.now()` time; Infinity when none is armed). */
+  private timerDue = Infinity;
+  /** Queued parts that may not wait. */
+  private urgent = 0;
   private readonly limits: GroupLimits;
   /** Groups committed and parts they carried, for tests and the benchmarks. */
   readonly stats = { groups: 0, parts: 0 };
@@ -73,27 +92,53 @@ export class GroupCommit {
     this.limits = o.limits ?? GROUP_LIMITS;
   }
 
-  submit(part: CommitPart): Promise<CommitResult> {
+  submit(part: CommitPart, options: SubmitOptions = {}): Promise<CommitResult> {
+    const linger = options.lingerMs ?? 0;
+    const due = linger > 0 ? performance.now() + linger : 0;
     return new Promise<CommitResult>((resolve, reject) => {
       this.queue.push({
         part,
+        due,
         cost: costOf(part),
         checked: part.checks.map((c) => keyId(c.key)),
         written: part.mutations.map((m) => keyId(m.key)),
         resolve,
         reject,
       });
-      if (!this.running) void this.drain();
+      if (due === 0) this.urgent++;
+      // A lingering part waits for the timer already armed for an earlier one.
+      if (!this.running && !(due > 0 && due >= this.timerDue)) void this.drain();
     });
   }
 
   private async drain(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.timerDue = Infinity;
     this.running = true;
     try {
-      while (this.queue.length > 0) await this.commitGroup(this.take());
+      while (this.queue.length > 0) {
+        const wait = this.untilDue();
+        if (wait > 0) {
+          // Only parts that may wait are queued: the next part that cannot (or the first
+          // lingering one's time) starts the commit.
+          this.timerDue = performance.now() + wait;
+          this.timer = setTimeout(() => void this.drain(), wait);
+          return;
+        }
+        await this.commitGroup(this.take());
+      }
     } finally {
       this.running = false;
     }
+  }
+
+  /** Milliseconds until some queued part must go (0: one must go now). */
+  private untilDue(): number {
+    if (this.urgent > 0) return 0;
+    let due = Infinity;
+    for (const q of this.queue) due = Math.min(due, q.due);
+    return Math.max(0, due - performance.now());
   }
 
   /** The next group: parts from the head of the queue, in order, within the limits. */
@@ -118,7 +163,9 @@ export class GroupCommit {
       used.keyBytes += q.cost.keyBytes;
       for (const k of q.written) written.add(k);
     }
-    return this.queue.splice(0, n);
+    const group = this.queue.splice(0, n);
+    for (const q of group) if (q.due === 0) this.urgent--;
+    return group;
   }
 
   private async commitOne(parts: Queued[]): Promise<CommitResult> {

@@ -27,6 +27,13 @@ import { beatMutation } from "./workers.ts";
  */
 const GROUPED_FOLLOW_UPS = 8;
 
+/**
+ * How long the final commit of a small fan-out (the message's deletion, with its retries) may
+ * wait for a commit that cannot wait, such as the next push's record, to go with it. A crash
+ * meanwhile sends the message again, as after any fan-out step that was not yet committed.
+ */
+export const END_LINGER_MS = 10;
+
 /** An outbox record to write; `versionstamp` is checked when given (null: must not exist). */
 export interface OutboxWrite {
   value: OutboxMessage;
@@ -134,7 +141,7 @@ export class OutboxStore {
     for (const d of step.dead ?? []) mutations.push(deadLetterMutation(d));
     const part = { checks: [{ key: entry.key, versionstamp: entry.versionstamp }], mutations };
     const res = mutations.length <= 2 + GROUPED_FOLLOW_UPS
-      ? await this.kv.commitGrouped(part)
+      ? await this.kv.commitGrouped(part, step.done ? { lingerMs: END_LINGER_MS } : {})
       : await this.kv.commitWith(this.kv.atomic().check(...part.checks).mutate(...mutations));
     return res.ok ? { key: entry.key, value, versionstamp: res.versionstamp } : null;
   }

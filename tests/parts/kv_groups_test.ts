@@ -186,6 +186,63 @@ Deno.test("Group commit: when the group's commit throws, each part is committed 
   });
 });
 
+Deno.test("Group commit: a lingering part goes with the next part that cannot wait, in one commit and in order", async () => {
+  await withKv(async (_kv, db) => {
+    const { group, atomics } = recording(db);
+    // Nothing in flight: without lingering this part would be committed at once, alone.
+    const lingering = group.submit({ checks: [], mutations: [set(["l", 1], "end")] }, {
+      lingerMs: 60_000,
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(atomics.length, 0, "a lingering part alone waits");
+    assert.equal((await db.get(["l", 1])).versionstamp, null);
+    const urgent = group.submit({
+      checks: [{ key: ["l", 2], versionstamp: null }],
+      mutations: [set(["l", 2], "record")],
+    });
+    const [a, b] = await Promise.all([lingering, urgent]);
+    assert.ok(a.ok && b.ok);
+    assert.equal(a.versionstamp, b.versionstamp, "one commit carried both");
+    assert.deepEqual(atomics, [{ checks: 1, mutations: 2 }]);
+    assert.equal((await db.get(["l", 1])).value, "end");
+    assert.equal((await db.get(["l", 2])).value, "record");
+  });
+});
+
+Deno.test("Group commit: a lingering part with no company is committed alone once its time is up", async () => {
+  await withKv(async (_kv, db) => {
+    const { group, atomics } = recording(db);
+    const parts = [1, 2, 3].map((i) =>
+      group.submit({ checks: [], mutations: [set(["l", i], i)] }, { lingerMs: 30 })
+    );
+    // Microtasks run, no timer can fire: nothing is committed yet.
+    for (let i = 0; i < 10; i++) await Promise.resolve();
+    assert.equal(atomics.length, 0);
+    const results = await Promise.all(parts);
+    // The first part's time decides: all three go together then, in one commit.
+    assert.ok(results.every((r) => r.ok && r.versionstamp === results[0]!.versionstamp));
+    assert.deepEqual(atomics, [{ checks: 0, mutations: 3 }]);
+    for (const i of [1, 2, 3]) assert.equal((await db.get(["l", i])).value, i);
+  });
+});
+
+Deno.test("Group commit: a lingering part queued behind a commit in flight waits for company again, not for that commit's end", async () => {
+  await withKv(async (_kv, db) => {
+    const { group, atomics } = recording(db);
+    const inFlight = group.submit({ checks: [], mutations: [set(["f", 0], 0)] });
+    const lingering = group.submit({ checks: [], mutations: [set(["f", 1], 1)] }, {
+      lingerMs: 60_000,
+    });
+    await inFlight;
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(atomics.length, 1, "the lingering part did not follow the first commit alone");
+    const next = group.submit({ checks: [], mutations: [set(["f", 2], 2)] });
+    const [a, b] = await Promise.all([lingering, next]);
+    assert.equal(a.versionstamp, b.versionstamp);
+    assert.deepEqual(atomics, [{ checks: 0, mutations: 1 }, { checks: 0, mutations: 2 }]);
+  });
+});
+
 Deno.test("Grouped reads: getMany calls made while one is in flight share the next read, each key once, each caller in its own order", async () => {
   await withKv(async (kv, db) => {
     for (let i = 0; i < 30; i++) await db.set(["r", i], `v${i}`);
