@@ -1,6 +1,6 @@
 /**
  * consoleLogger() in a child process, as the relay runs it: JSON lines on stdout (info, debug)
- * and stderr (warn, error), gathered info lines written together a few milliseconds later and
+ * and stderr (warn, error), gathered info lines written once per turn of the event loop and
  * never lost, not even when the process exits at once.
  */
 
@@ -53,9 +53,9 @@ Deno.test("consoleLogger(): gathered lines are written when the process exits at
   assert.deepEqual(stdout.map((l) => l.event), ["stopped"]);
 });
 
-Deno.test("consoleLogger(): a gathered line is written while the process keeps running", async () => {
+Deno.test("consoleLogger(): a gathered line is out within one turn of the event loop", async () => {
   // The parent reads the child's first line while the child keeps running: nobody waits for
-  // an exit to see "listening".
+  // an exit or a timer far away to see "listening".
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "eval",
